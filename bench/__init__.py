@@ -1,0 +1,1 @@
+"""krewe's benchmarks: each prints a table; none is a test."""

@@ -1,0 +1,3 @@
+from krewe.cli import main
+
+main()

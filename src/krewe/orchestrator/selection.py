@@ -1,0 +1,63 @@
+"""Replica selection: "top half by score + random tail".
+
+Eligible workers (connected, serving the model, below their `max_concurrency`, not excluded)
+are ranked by score, best first, ties broken by worker id so that a ranking is reproducible.
+`replicas - tail` are drawn at random from the top half (the first ceil(n/2)), `tail` at random
+from the rest, so new and low-ranked workers keep being tried and no one wins every job. When one
+side has too few workers the other side makes up the difference; when fewer workers are eligible
+than `replicas`, all of them are chosen and the shortfall is reported.
+
+Pure: the caller passes the random generator (seeded in tests, so draws can be audited).
+"""
+
+import random
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+__all__ = ["Candidate", "Selection", "select_replicas"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    worker: str
+    rank: float
+    models: frozenset[str]
+    in_flight: int
+    max_concurrency: int
+
+    def eligible_for(self, model: str) -> bool:
+        return model in self.models and self.in_flight < self.max_concurrency
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    workers: tuple[str, ...]
+    shortfall: int  # replicas asked for but not found
+
+
+def select_replicas(
+    candidates: Iterable[Candidate],
+    model: str,
+    replicas: int,
+    *,
+    rng: random.Random,
+    tail: int = 1,
+    exclude: Collection[str] = frozenset(),
+) -> Selection:
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, not {replicas}")
+    if not 0 <= tail <= replicas:
+        raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
+    eligible = [c for c in candidates if c.worker not in exclude and c.eligible_for(model)]
+    eligible.sort(key=lambda c: (-c.rank, c.worker))
+    if len(eligible) <= replicas:
+        return Selection(tuple(c.worker for c in eligible), replicas - len(eligible))
+    half = (len(eligible) + 1) // 2
+    top, rest = eligible[:half], eligible[half:]
+    from_rest = min(tail, len(rest))
+    from_top = replicas - from_rest
+    if from_top > len(top):
+        from_top = len(top)
+        from_rest = replicas - from_top
+    chosen = rng.sample(top, from_top) + rng.sample(rest, from_rest)
+    return Selection(tuple(c.worker for c in chosen), 0)

@@ -1,0 +1,1 @@
+"""What the orchestrator and the miners share: message schemas, canonical JSON, digests."""
