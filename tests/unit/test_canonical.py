@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,9 @@ def test_keys_sort_by_utf16_code_units_not_code_points() -> None:
         (b"9007199254740992", "beyond"),
         (b"[-9007199254740992]", "beyond"),
         (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), f"nesting deeper than {MAX_DEPTH}"),
-        (b"[" * 100_000, f"nesting deeper than {MAX_DEPTH}"),
+        (b"[" * 100_000, "unbalanced brackets"),
+        (b"[" * 100_000 + b"}" * 100_000, "unbalanced brackets"),
+        (b'{"a":' * 65 + b"1" + b"}" * 65, f"nesting deeper than {MAX_DEPTH}"),
         (b"{", "not valid JSON"),
         (b"", "not valid JSON"),
         (b"1" * 5000, "not valid JSON"),
@@ -92,9 +95,21 @@ def test_parse_strict_checks_size_before_parsing() -> None:
         parse_strict(b"[" * 11, max_bytes=10)  # would be invalid JSON too: size is reported first
 
 
+def test_parse_strict_refuses_deep_nesting_whatever_the_recursion_limit() -> None:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)  # as some libraries do; the decoder would overflow the C stack
+    try:
+        with pytest.raises(CanonicalError, match="nesting deeper"):
+            parse_strict(b"[" * 500_000 + b"]" * 500_000, max_bytes=2_000_000)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def test_parse_strict_accepts_the_limits() -> None:
     deepest = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
     assert parse_strict(deepest, max_bytes=1000) is not None
+    many = b"[" + b",".join([b'[[],{"[":"]]]]"}]'] * 100) + b"]"  # many brackets, shallow; some in strings
+    assert len(parse_strict(many, max_bytes=10_000)) == 100
     assert parse_strict(str(MAX_SAFE_INTEGER).encode(), max_bytes=100) == MAX_SAFE_INTEGER
     assert parse_strict(str(-MAX_SAFE_INTEGER).encode(), max_bytes=100) == -MAX_SAFE_INTEGER
     assert parse_strict('{"é":"\\ud83d\\ude00"}'.encode(), max_bytes=100) == {"é": "\U0001f600"}

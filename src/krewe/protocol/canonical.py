@@ -18,6 +18,7 @@ characters), numbers written as ECMAScript's Number.prototype.toString.
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -42,16 +43,41 @@ def parse_strict(data: bytes, *, max_bytes: int) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CanonicalError(f"invalid UTF-8 at byte {error.start}") from None
+    _check_nesting(data)
     try:
         value = _DECODER.decode(text)
-    except RecursionError:
-        raise CanonicalError(f"nesting deeper than {MAX_DEPTH}") from None
     except CanonicalError:
         raise
     except ValueError as error:
         raise CanonicalError(f"not valid JSON: {error}") from None
     _check(value, 0)
     return value
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def _check_nesting(data: bytes) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the recursive decoder sees the document.
+
+    The decoder's own limit follows the interpreter's recursion limit, which a program may raise
+    far enough for a hostile document to overflow the C stack. Here: strip strings, keep only the
+    brackets, and remove innermost pairs once per level; a document nested at most MAX_DEPTH deep
+    is empty after MAX_DEPTH rounds.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return
+        inner = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if inner == brackets:
+            raise CanonicalError("not valid JSON: unbalanced brackets")
+        brackets = inner
+    if brackets:
+        raise CanonicalError(f"nesting deeper than {MAX_DEPTH}")
 
 
 def canonical_json(value: Any) -> bytes:
