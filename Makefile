@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: test lint typecheck unit bench clean
+.PHONY: test lint typecheck unit contracts contracts-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,21 @@ $(STAMP)/python-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@mkdir -p $(STAMP) && touch $@
 
-test: lint typecheck unit
+$(STAMP)/node-deps: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@mkdir -p $(STAMP) && touch $@
+
+test: lint typecheck contracts-check unit
+
+# Rebuild the committed contract artifacts from contracts/*.sol.
+contracts: $(STAMP)/node-deps
+	node contracts/build.js
+
+# Fail if the committed artifacts differ from a fresh build.
+contracts-check: $(STAMP)/node-deps
+	@rm -rf $(STAMP)/artifacts && node contracts/build.js $(STAMP)/artifacts
+	@diff -r $(STAMP)/artifacts src/krewe/contracts/artifacts || \
+		{ echo "contract artifacts are stale: run 'make contracts' and commit them"; exit 1; }
 
 lint: $(STAMP)/python-deps
 	$(BIN)/ruff check src tests bench
@@ -23,11 +37,13 @@ lint: $(STAMP)/python-deps
 typecheck: $(STAMP)/python-deps
 	$(BIN)/mypy src
 
-unit: $(STAMP)/python-deps
+unit: $(STAMP)/python-deps $(STAMP)/node-deps
 	$(BIN)/pytest
 
-bench: $(STAMP)/python-deps
-	$(BIN)/python -m bench
+bench: $(STAMP)/python-deps $(STAMP)/node-deps
+	$(BIN)/python -m bench.canonical
+	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.gas
 
 clean:
-	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(STAMP) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,210 @@
+"""A local chain for tests and the demo: anvil on a free loopback port, with krewe's contracts.
+
+    with Anvil.start() as chain:
+        w3 = chain.web3()
+        deployment = deploy(w3, admin=chain.accounts[0], orchestrator=chain.accounts[1])
+
+anvil comes from the npm package `@foundry-rs/anvil` (pinned in package.json, installed by
+`npm ci`). It is started on 127.0.0.1 only and stopped by PID. anvil's dev accounts are unlocked,
+so transactions from them need no key here.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from web3 import Web3
+from web3.contract import Contract
+
+from krewe.contracts import load_artifact
+
+__all__ = ["KREW", "Anvil", "Deployment", "DevChainError", "deploy", "find_anvil", "stake_worker", "transact"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KREW = 10**18  # wei per KREW
+
+
+class DevChainError(RuntimeError):
+    """anvil could not be found, started, or reached."""
+
+
+def find_anvil() -> str:
+    """The anvil binary: $KREWE_ANVIL, then the project's node_modules, then PATH."""
+    candidates = [os.environ.get("KREWE_ANVIL"), str(REPO_ROOT / "node_modules" / ".bin" / "anvil")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    found = shutil.which("anvil")
+    if found:
+        return found
+    raise DevChainError("anvil not found: run `npm ci` in the project, or set KREWE_ANVIL to its path")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Anvil:
+    """A running anvil process on 127.0.0.1."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, chain_id: int) -> None:
+        self.process = process
+        self.port = port
+        self.chain_id = chain_id
+        self.url = f"http://127.0.0.1:{port}"
+        self.accounts: list[str] = []
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        port: int | None = None,
+        chain_id: int = 31337,
+        accounts: int = 20,
+        timeout_s: float = 30.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> "Anvil":
+        port = port or free_port()
+        command = [
+            find_anvil(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(chain_id),
+            "--accounts",
+            str(accounts),
+            "--silent",
+            *extra_args,
+        ]
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        chain = cls(process, port, chain_id)
+        deadline = time.monotonic() + timeout_s
+        w3 = chain.web3()
+        while True:
+            if process.poll() is not None:
+                error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise DevChainError(f"anvil exited with {process.returncode}: {error.strip()}")
+            try:
+                if w3.eth.chain_id == chain_id:
+                    break
+            except Exception:  # not listening yet
+                if time.monotonic() > deadline:
+                    chain.stop()
+                    raise DevChainError(f"anvil did not answer on {chain.url} within {timeout_s} s") from None
+                time.sleep(0.05)
+        chain.accounts = list(w3.eth.accounts)
+        return chain
+
+    def web3(self) -> Web3:
+        return Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 30}))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Addresses of the three contracts and of the accounts wired into them."""
+
+    token: str
+    registry: str
+    distributor: str
+    admin: str
+    orchestrator: str
+
+    def contracts(self, w3: Web3) -> tuple[Contract, Contract, Contract]:
+        return (
+            w3.eth.contract(address=w3.to_checksum_address(self.token), abi=load_artifact("KrewToken").abi),
+            w3.eth.contract(
+                address=w3.to_checksum_address(self.registry), abi=load_artifact("WorkerRegistry").abi
+            ),
+            w3.eth.contract(
+                address=w3.to_checksum_address(self.distributor), abi=load_artifact("RewardDistributor").abi
+            ),
+        )
+
+
+def _deploy_one(w3: Web3, name: str, sender: str, *args: Any) -> str:
+    artifact = load_artifact(name)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        factory.constructor(*args).transact({"from": sender}), timeout=30
+    )
+    if receipt["status"] != 1 or not receipt["contractAddress"]:
+        raise DevChainError(f"deploying {name} failed")
+    address: str = receipt["contractAddress"]
+    return address
+
+
+def transact(w3: Web3, call: Any, sender: str) -> Any:
+    """Send a contract call from an unlocked account and wait for a successful receipt."""
+    receipt = w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}), timeout=30)
+    if receipt["status"] != 1:
+        raise DevChainError(f"transaction from {sender} reverted")
+    return receipt
+
+
+def deploy(
+    w3: Web3,
+    *,
+    admin: str,
+    orchestrator: str,
+    min_stake: int = 100 * KREW,
+    max_stake: int = 1_000_000 * KREW,
+    unbonding_delay_s: int = 7 * 24 * 3600,
+    max_batch: int = 500,
+    pool: int = 1_000_000 * KREW,
+) -> Deployment:
+    """Deploy and wire the three contracts, and fund the reward pool with `pool` wei."""
+    token = _deploy_one(w3, "KrewToken", admin, admin)
+    registry = _deploy_one(w3, "WorkerRegistry", admin, admin, token, min_stake, max_stake, unbonding_delay_s)
+    distributor = _deploy_one(w3, "RewardDistributor", admin, admin, token, orchestrator, max_batch)
+    deployment = Deployment(token, registry, distributor, admin, orchestrator)
+    krew, _, rewards = deployment.contracts(w3)
+    if pool:
+        transact(w3, krew.functions.mint(admin, pool), admin)
+        transact(w3, krew.functions.approve(distributor, pool), admin)
+        transact(w3, rewards.functions.fund(pool), admin)
+    return deployment
+
+
+def stake_worker(w3: Web3, deployment: Deployment, worker: str, amount: int) -> None:
+    """Mint `amount` to `worker` (as the admin) and stake it in the registry (as the worker)."""
+    krew, registry, _ = deployment.contracts(w3)
+    transact(w3, krew.functions.mint(worker, amount), deployment.admin)
+    transact(w3, krew.functions.approve(registry.address, amount), worker)
+    transact(w3, registry.functions.stake(amount), worker)
