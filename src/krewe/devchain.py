@@ -20,15 +20,37 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
 from krewe.contracts import load_artifact
 
-__all__ = ["KREW", "Anvil", "Deployment", "DevChainError", "deploy", "find_anvil", "stake_worker", "transact"]
+__all__ = [
+    "DEV_MNEMONIC",
+    "KREW",
+    "Anvil",
+    "Deployment",
+    "DevChainError",
+    "deploy",
+    "dev_key",
+    "find_anvil",
+    "stake_worker",
+    "transact",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KREW = 10**18  # wei per KREW
+# anvil's well-known development mnemonic: its accounts hold test ether on every anvil, and nowhere
+# else should they hold anything.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def dev_key(index: int) -> str:
+    """The private key of anvil's development account `index` (hex). For local chains only."""
+    Account.enable_unaudited_hdwallet_features()
+    account = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + bytes(account.key).hex()
 
 
 class DevChainError(RuntimeError):
@@ -72,6 +94,7 @@ class Anvil:
         chain_id: int = 31337,
         accounts: int = 20,
         timeout_s: float = 30.0,
+        state: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> "Anvil":
         port = port or free_port()
@@ -88,6 +111,8 @@ class Anvil:
             "--silent",
             *extra_args,
         ]
+        if state is not None:  # loaded at start, written back when anvil stops
+            command += ["--state", str(state)]
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -9,16 +9,20 @@ Every credit is in exactly one of three places, and at every moment
   (one amount per worker); credits made afterwards stay pending beside them.
 - `commit(batch_id)` marks a batch paid; `revert(batch_id)` returns its credits to pending.
 
-A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. The bookkeeping lives in
+A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. While open it may carry a
+`SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, every
+signed transaction), written before any of it is broadcast, so that a restart can learn the
+batch's fate on chain instead of guessing. The bookkeeping lives in
 `RewardLedger`; a `LedgerStore` makes each step one atomic, durable transaction, and `load`
 gives back exactly the pending credits and open batches after a crash or restart. The embedded
 store is SQLite in WAL mode with `synchronous=FULL`: a commit is on disk before it returns, and
 callers that want throughput group many credits into one `credit_many`.
 """
 
+import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +37,8 @@ __all__ = [
     "LedgerTotals",
     "RewardLedger",
     "SQLiteLedgerStore",
+    "SendRecord",
+    "SignedSend",
 ]
 
 
@@ -62,11 +68,51 @@ class Credit:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedSend:
+    """One signed transaction for a batch; replacements share the account nonce, with higher fees."""
+
+    tx_hash: str
+    raw: str  # the signed transaction, hex
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecord:
+    batch_nonce: int  # the distributor's batchNonce this batch was signed for
+    payload_hash: str  # keccak256(abi.encode(workers, amounts)), hex
+    account_nonce: int
+    gas: int
+    sends: tuple[SignedSend, ...]  # oldest first; any of them may be the one mined
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "batch_nonce": self.batch_nonce,
+                "payload_hash": self.payload_hash,
+                "account_nonce": self.account_nonce,
+                "gas": self.gas,
+                "sends": [
+                    [send.tx_hash, send.raw, str(send.max_fee_per_gas), str(send.max_priority_fee_per_gas)]
+                    for send in self.sends
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "SendRecord":
+        raw = json.loads(text)
+        sends = tuple(SignedSend(tx, signed, int(fee), int(tip)) for tx, signed, fee, tip in raw["sends"])
+        return cls(raw["batch_nonce"], raw["payload_hash"], raw["account_nonce"], raw["gas"], sends)
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     id: int
     workers: tuple[str, ...]
     amounts: tuple[int, ...]
     state: BatchState = BatchState.OPEN
+    send: SendRecord | None = None
 
     @property
     def total(self) -> int:
@@ -107,6 +153,10 @@ class LedgerStore(Protocol):
 
     def settle(self, batch: Batch, state: BatchState) -> None:
         """Mark an open batch PAID, or REVERTED with its credits back to pending."""
+        ...
+
+    def record_send(self, batch_id: int, record: SendRecord) -> None:
+        """Replace the send record of an open batch."""
         ...
 
     def close(self) -> None: ...
@@ -163,7 +213,7 @@ class RewardLedger:
         self._store.settle(batch, BatchState.PAID)
         del self._open[batch_id]
         self._paid += batch.total
-        return Batch(batch.id, batch.workers, batch.amounts, BatchState.PAID)
+        return replace(batch, state=BatchState.PAID)
 
     def revert(self, batch_id: int) -> Batch:
         """The batch surely was not paid: its credits go back to pending."""
@@ -172,7 +222,15 @@ class RewardLedger:
         del self._open[batch_id]
         for worker, amount in zip(batch.workers, batch.amounts, strict=True):
             self._pending[worker] = self._pending.get(worker, 0) + amount
-        return Batch(batch.id, batch.workers, batch.amounts, BatchState.REVERTED)
+        return replace(batch, state=BatchState.REVERTED)
+
+    def record_send(self, batch_id: int, record: SendRecord) -> Batch:
+        """Durably attach what settlement signed for an open batch, before it is broadcast."""
+        batch = self._take_open(batch_id)
+        self._store.record_send(batch_id, record)
+        updated = replace(batch, send=record)
+        self._open[batch_id] = updated
+        return updated
 
     def _take_open(self, batch_id: int) -> Batch:
         batch = self._open.get(batch_id)
@@ -211,7 +269,8 @@ CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('open', 'paid', 'reverted')),
     workers TEXT NOT NULL,                -- space-separated, in batch order
-    amounts TEXT NOT NULL                 -- space-separated decimal wei, same order
+    amounts TEXT NOT NULL,                -- space-separated decimal wei, same order
+    send TEXT                             -- SendRecord as JSON, once signed
 );
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -243,10 +302,15 @@ class SQLiteLedgerStore:
         state = LedgerState()
         for worker, pending in self._db.execute("SELECT worker, pending FROM balances WHERE pending != '0'"):
             state.pending[worker] = int(pending)
-        rows = self._db.execute("SELECT id, workers, amounts FROM batches WHERE state = 'open' ORDER BY id")
-        for batch_id, workers, amounts in rows:
+        rows = self._db.execute(
+            "SELECT id, workers, amounts, send FROM batches WHERE state = 'open' ORDER BY id"
+        )
+        for batch_id, workers, amounts, send in rows:
             state.open_batches[batch_id] = Batch(
-                batch_id, tuple(workers.split()), tuple(int(amount) for amount in amounts.split())
+                batch_id,
+                tuple(workers.split()),
+                tuple(int(amount) for amount in amounts.split()),
+                send=SendRecord.from_json(send) if send else None,
             )
         credited, paid = self._db.execute("SELECT credited, paid FROM totals").fetchone()
         state.credited, state.paid = int(credited), int(paid)
@@ -301,6 +365,14 @@ class SQLiteLedgerStore:
                 db.execute("UPDATE totals SET paid = ?", (str(int(paid) + batch.total),))
             else:
                 self._add_to_balances(db, dict(zip(batch.workers, batch.amounts, strict=True)))
+
+    def record_send(self, batch_id: int, record: SendRecord) -> None:
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE batches SET send = ? WHERE id = ? AND state = 'open'", (record.to_json(), batch_id)
+            ).rowcount
+            if updated != 1:
+                raise LedgerError(f"batch {batch_id} is not open in the store")
 
     @staticmethod
     def _add_to_balances(db: sqlite3.Connection, owed: Mapping[str, int]) -> None:

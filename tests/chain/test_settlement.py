@@ -1,0 +1,373 @@
+"""Settlement on a real anvil, through faults. Every test ends with the same check: on-chain credited +
+pending + in flight == credited in the ledger, for every worker, so nothing was lost or paid twice."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
+from krewe.orchestrator.chain import ChainClient, ChainError, OrchestratorKey
+from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SendRecord, SQLiteLedgerStore
+from krewe.orchestrator.settlement import (
+    Fate,
+    SettlementError,
+    SettlementOutcome,
+    Settler,
+    decide_fate,
+)
+
+ORCHESTRATOR = 1  # anvil dev account index
+WORKERS = [Web3.to_checksum_address(Web3.keccak(text=f"worker-{i}")[-20:]) for i in range(6)]
+
+
+@dataclass
+class Net:
+    anvil: Anvil
+    w3: Web3
+    deployment: Deployment
+    key: OrchestratorKey
+    directory: Path
+
+    def ledger(self, name: str = "ledger.db") -> RewardLedger:
+        return RewardLedger(SQLiteLedgerStore(self.directory / name))
+
+    def on_chain(self, worker: str) -> int:
+        _, _, distributor = self.deployment.contracts(self.w3)
+        credited: int = distributor.functions.credited(worker).call()
+        return credited
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        return self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+
+
+@contextmanager
+def network(tmp_path: Path, pool: int = 1_000 * KREW, state: bool = False) -> Iterator[Net]:
+    anvil = Anvil.start(accounts=4, state=tmp_path / "chain.json" if state else None)
+    try:
+        w3 = anvil.web3()
+        key = OrchestratorKey.from_hex(dev_key(ORCHESTRATOR))
+        deployment = deploy(w3, admin=anvil.accounts[0], orchestrator=key.address, pool=pool)
+        yield Net(anvil, w3, deployment, key, tmp_path)
+    finally:
+        anvil.stop()
+
+
+def settle(net: Net, ledger: RewardLedger, **options: Any) -> list[Any]:
+    async def once() -> list[Any]:
+        client = await ChainClient.connect(net.anvil.url, net.deployment.distributor, net.key)
+        try:
+            return await Settler(ledger, client, **options).settle_once()
+        finally:
+            await client.close()
+
+    return asyncio.run(once())
+
+
+def credit_all(ledger: RewardLedger, job: str, amount: int = KREW) -> dict[str, int]:
+    ledger.credit_many(Credit(job, worker, amount + i) for i, worker in enumerate(WORKERS))
+    return {worker: amount + i for i, worker in enumerate(WORKERS)}
+
+
+def assert_exact(net: Net, ledgers_and_credits: list[tuple[RewardLedger, dict[str, int]]]) -> None:
+    """Per worker: on chain + pending + in flight == credited, over all ledgers paying through this chain."""
+    owed: dict[str, int] = {}
+    unpaid: dict[str, int] = {}
+    for ledger, credited in ledgers_and_credits:
+        totals = ledger.totals()
+        assert totals.credited == totals.paid + totals.pending + totals.in_flight
+        for worker, amount in credited.items():
+            owed[worker] = owed.get(worker, 0) + amount
+        for worker, amount in ledger.pending().items():
+            unpaid[worker] = unpaid.get(worker, 0) + amount
+        for batch in ledger.open_batches():
+            for worker, amount in zip(batch.workers, batch.amounts, strict=True):
+                unpaid[worker] = unpaid.get(worker, 0) + amount
+    for worker, amount in owed.items():
+        assert net.on_chain(worker) + unpaid.get(worker, 0) == amount, worker
+
+
+def test_success(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        (result,) = settle(net, ledger)
+        assert result.outcome is SettlementOutcome.PAID
+        assert [net.on_chain(w) for w in WORKERS] == [credited[w] for w in WORKERS]
+        assert ledger.totals().paid == sum(credited.values())
+        assert settle(net, ledger) == []  # nothing pending: nothing sent
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_batches_above_max_batch_go_over_consecutive_nonces(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        results = settle(net, ledger, max_batch=4)
+        assert [r.outcome for r in results] == [SettlementOutcome.PAID] * 2
+        assert [r.batch.send.batch_nonce for r in results] == [0, 1]
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_a_refused_batch_goes_back_to_pending_and_is_paid_after_funding(tmp_path: Path) -> None:
+    with network(tmp_path, pool=0) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        (result,) = settle(net, ledger)
+        assert result.outcome is SettlementOutcome.REVERTED
+        assert "PoolExhausted" in result.reason
+        assert ledger.pending() == credited
+        assert_exact(net, [(ledger, credited)])
+        krew, _, distributor = net.deployment.contracts(net.w3)
+        admin = net.deployment.admin
+        transact(net.w3, krew.functions.mint(admin, 100 * KREW), admin)
+        transact(net.w3, krew.functions.approve(distributor.address, 100 * KREW), admin)
+        transact(net.w3, distributor.functions.fund(100 * KREW), admin)
+        (result,) = settle(net, ledger)
+        assert result.outcome is SettlementOutcome.PAID
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_chain_stopped_during_the_send_then_restarted(tmp_path: Path) -> None:
+    with network(tmp_path, state=True) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+
+        def stop_chain(stage: str, batch: Batch) -> None:
+            if stage == "recorded":
+                net.anvil.stop()  # anvil writes its state as it stops
+
+        (result,) = settle(net, ledger, on_stage=stop_chain)
+        assert result.outcome is SettlementOutcome.UNRESOLVED
+        assert "unreachable" in result.reason
+        assert ledger.open_batches()[0].send is not None
+        net.anvil = Anvil.start(port=net.anvil.port, accounts=4, state=tmp_path / "chain.json")
+        net.w3 = net.anvil.web3()
+        (result,) = settle(net, ledger)
+        assert result.outcome is SettlementOutcome.PAID
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_a_receipt_that_never_comes_is_replaced_with_higher_fees_then_mined(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        net.rpc("evm_setAutomine", False)
+        (result,) = settle(net, ledger, receipt_timeout_s=0.5, poll_s=0.05, max_replacements=1)
+        assert result.outcome is SettlementOutcome.UNRESOLVED  # still in the mempool
+        (batch,) = ledger.open_batches()
+        assert batch.send is not None and len(batch.send.sends) == 2
+        first, bumped = batch.send.sends
+        assert bumped.max_fee_per_gas > first.max_fee_per_gas
+        assert bumped.max_priority_fee_per_gas > first.max_priority_fee_per_gas
+        net.rpc("evm_mine")
+        (result,) = settle(net, ledger)
+        assert result.outcome is SettlementOutcome.PAID
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_a_transaction_dropped_from_the_mempool_is_sent_again(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        net.rpc("evm_setAutomine", False)
+        dropped: list[str] = []
+
+        def drop_then_mine(stage: str, batch: Batch) -> None:
+            if stage == "sent" and batch.send is not None and not dropped:
+                dropped.append(batch.send.sends[-1].tx_hash)
+                assert net.rpc("anvil_dropTransaction", dropped[0]).get("error") is None
+                net.rpc("evm_setAutomine", True)  # the next broadcast is mined at once
+
+        (result,) = settle(net, ledger, on_stage=drop_then_mine, receipt_timeout_s=0.5, poll_s=0.05)
+        assert result.outcome is SettlementOutcome.PAID
+        assert dropped
+        assert_exact(net, [(ledger, credited)])
+
+
+KILLER = """
+import asyncio, os, signal, sys
+from krewe.devchain import dev_key
+from krewe.orchestrator.chain import ChainClient, OrchestratorKey
+from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
+from krewe.orchestrator.settlement import Settler
+url, distributor, db, stage = sys.argv[1:]
+
+def kill(at, batch):
+    if at == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+async def main():
+    client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
+    await Settler(RewardLedger(SQLiteLedgerStore(db)), client, on_stage=kill).settle_once()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("stage", ["snapshot", "recorded", "sent", "mined"])
+def test_settling_process_killed_then_restarted(tmp_path: Path, stage: str) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        ledger.close()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KILLER,
+                net.anvil.url,
+                net.deployment.distributor,
+                str(tmp_path / "ledger.db"),
+                stage,
+            ],
+            check=False,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        reopened = net.ledger()
+        (batch,) = reopened.open_batches()
+        assert (batch.send is None) is (stage == "snapshot")
+        results = settle(net, reopened)
+        assert [r.outcome for r in results] == [SettlementOutcome.PAID]
+        assert_exact(net, [(reopened, credited)])
+        assert settle(net, reopened) == []
+
+
+# Each racer signs its first batch, then waits (bounded) until the other has signed too, so both
+# hold a transaction for the same batch nonce before either is broadcast.
+RACER = """
+import asyncio, pathlib, sys, time
+from krewe.devchain import dev_key
+from krewe.orchestrator.chain import ChainClient, OrchestratorKey
+from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
+from krewe.orchestrator.settlement import Settler
+url, distributor, db, mine, theirs = sys.argv[1:]
+
+def barrier(stage, batch):
+    if stage == "recorded" and not pathlib.Path(mine).exists():
+        pathlib.Path(mine).touch()
+        deadline = time.monotonic() + 60
+        while not pathlib.Path(theirs).exists():
+            if time.monotonic() > deadline:
+                sys.exit("the other racer never signed")
+            time.sleep(0.01)
+
+async def main():
+    client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
+    ledger = RewardLedger(SQLiteLedgerStore(db))
+    settler = Settler(ledger, client, receipt_timeout_s=2, poll_s=0.05, on_stage=barrier)
+    for window in range(10):
+        results = await settler.settle_once()
+        print(window, [(r.outcome.value, r.reason) for r in results], flush=True)
+        totals = ledger.totals()
+        if totals.pending == totals.in_flight == 0:
+            return
+    sys.exit("still unpaid after 10 windows")
+
+asyncio.run(main())
+"""
+
+
+def test_two_settling_processes_race_for_the_same_batch_nonce(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledgers = [net.ledger("a.db"), net.ledger("b.db")]
+        credited = [credit_all(ledgers[0], "job-a", KREW), credit_all(ledgers[1], "job-b", 2 * KREW)]
+        for ledger in ledgers:
+            ledger.close()
+        racers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    RACER,
+                    net.anvil.url,
+                    net.deployment.distributor,
+                    str(tmp_path / name),
+                    str(tmp_path / f"{name}.signed"),
+                    str(tmp_path / f"{other}.signed"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, other in (("a.db", "b.db"), ("b.db", "a.db"))
+        ]
+        outputs = [racer.communicate(timeout=120) for racer in racers]
+        assert [racer.returncode for racer in racers] == [0, 0], outputs
+        windows = sorted(output.count("\n") for output, _ in outputs)
+        assert windows == [1, 2], outputs  # one won nonce 0; the other learned it lost, then paid at 1
+        assert "not paid" in "".join(output for output, _ in outputs)
+        reopened = [net.ledger("a.db"), net.ledger("b.db")]
+        assert all(ledger.totals().paid == ledger.totals().credited for ledger in reopened)
+        assert_exact(net, list(zip(reopened, credited, strict=True)))
+        _, _, distributor = net.deployment.contracts(net.w3)
+        assert distributor.functions.batchNonce().call() == 2  # one batch each, never one twice
+
+
+# The decision rule itself, exhaustively on its cases.
+RECORD = SendRecord(batch_nonce=5, payload_hash="0xaa", account_nonce=9, gas=1, sends=())
+
+
+@pytest.mark.parametrize(
+    ("batch_nonce", "landed", "confirmed", "fate"),
+    [
+        (6, "0xaa", 10, Fate.PAID),
+        (7, "0xaa", 12, Fate.PAID),
+        (6, "0xbb", 10, Fate.NOT_PAID),
+        (5, None, 10, Fate.NOT_PAID),
+        (5, None, 9, Fate.PENDING),
+    ],
+)
+def test_decide_fate(batch_nonce: int, landed: str | None, confirmed: int, fate: Fate) -> None:
+    assert decide_fate(RECORD, batch_nonce, landed, confirmed) is fate
+
+
+def test_decide_fate_refuses_a_chain_that_went_backwards() -> None:
+    with pytest.raises(SettlementError, match="right chain"):
+        decide_fate(RECORD, 4, None, 9)
+    with pytest.raises(SettlementError, match="no RewardsDistributed event"):
+        decide_fate(RECORD, 6, None, 10)
+
+
+def test_the_key_never_shows(tmp_path: Path) -> None:
+    secret = dev_key(ORCHESTRATOR)
+    key = OrchestratorKey.from_hex(secret)
+    for text in (repr(key), str(key), f"{key!r} {key}"):
+        assert secret.removeprefix("0x") not in text.lower()
+    keystore = tmp_path / "key.json"
+    keystore.write_text(json.dumps(Account.encrypt(secret, "pw", kdf="pbkdf2", iterations=2)))
+    assert OrchestratorKey.from_keystore(keystore, "pw").address == key.address
+    with pytest.raises(ChainError) as wrong:
+        OrchestratorKey.from_keystore(keystore, "wrong")
+    assert "wrong password" in str(wrong.value) and secret.removeprefix("0x") not in str(wrong.value).lower()
+    with pytest.raises(ChainError, match="not a valid"):
+        OrchestratorKey.from_hex("0x1234")
+    os.environ["KREWE_TEST_PASSWORD"] = "pw"
+    try:
+        loaded = OrchestratorKey.from_settings(keystore=keystore, password_env="KREWE_TEST_PASSWORD")
+        assert loaded.address == key.address
+    finally:
+        del os.environ["KREWE_TEST_PASSWORD"]
+    with pytest.raises(ChainError, match="needs a password"):
+        OrchestratorKey.from_settings(keystore=keystore, password_env="KREWE_TEST_PASSWORD")
+
+
+def test_a_client_with_the_wrong_key_is_refused(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        other = OrchestratorKey.from_hex(dev_key(2))
+        with pytest.raises(ChainError, match="not this key's"):
+            asyncio.run(ChainClient.connect(net.anvil.url, net.deployment.distributor, other))
