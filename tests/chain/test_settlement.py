@@ -18,6 +18,7 @@ from eth_account import Account
 from web3 import Web3
 
 from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
+from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, ChainError, OrchestratorKey
 from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SendRecord, SQLiteLedgerStore
 from krewe.orchestrator.settlement import (
@@ -68,7 +69,7 @@ def settle(net: Net, ledger: RewardLedger, **options: Any) -> list[Any]:
     async def once() -> list[Any]:
         client = await ChainClient.connect(net.anvil.url, net.deployment.distributor, net.key)
         try:
-            return await Settler(ledger, client, **options).settle_once()
+            return await Settler(LedgerService(ledger), client, **options).settle_once()
         finally:
             await client.close()
 
@@ -202,6 +203,7 @@ from krewe.devchain import dev_key
 from krewe.orchestrator.chain import ChainClient, OrchestratorKey
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.settlement import Settler
+from krewe.orchestrator.bookkeeper import LedgerService
 url, distributor, db, stage = sys.argv[1:]
 
 def kill(at, batch):
@@ -210,7 +212,7 @@ def kill(at, batch):
 
 async def main():
     client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
-    await Settler(RewardLedger(SQLiteLedgerStore(db)), client, on_stage=kill).settle_once()
+    await Settler(LedgerService(RewardLedger(SQLiteLedgerStore(db))), client, on_stage=kill).settle_once()
 
 asyncio.run(main())
 """
@@ -255,6 +257,7 @@ from krewe.devchain import dev_key
 from krewe.orchestrator.chain import ChainClient, OrchestratorKey
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.settlement import Settler
+from krewe.orchestrator.bookkeeper import LedgerService
 url, distributor, db, mine, theirs = sys.argv[1:]
 
 def barrier(stage, batch):
@@ -269,7 +272,7 @@ def barrier(stage, batch):
 async def main():
     client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
     ledger = RewardLedger(SQLiteLedgerStore(db))
-    settler = Settler(ledger, client, receipt_timeout_s=2, poll_s=0.05, on_stage=barrier)
+    settler = Settler(LedgerService(ledger), client, receipt_timeout_s=2, poll_s=0.05, on_stage=barrier)
     for window in range(10):
         results = await settler.settle_once()
         print(window, [(r.outcome.value, r.reason) for r in results], flush=True)

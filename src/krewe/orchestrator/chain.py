@@ -14,6 +14,7 @@ transaction is replaced by `replacement`: the same calldata and account nonce, b
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
@@ -29,7 +30,14 @@ from web3.exceptions import ContractCustomError, ContractLogicError, Transaction
 from krewe.contracts import load_artifact
 from krewe.orchestrator.ledger import Batch, SignedSend
 
-__all__ = ["BatchRefusedError", "ChainClient", "ChainError", "OrchestratorKey", "payload_hash"]
+__all__ = [
+    "BatchRefusedError",
+    "ChainClient",
+    "ChainError",
+    "OrchestratorKey",
+    "RegistryReader",
+    "payload_hash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +137,9 @@ class ChainClient:
         fee_bump: float = 1.125,
         from_block: int = 0,
     ) -> None:
-        self._w3 = w3
+        self.w3 = w3
         self._key = key
-        self._chain_id = chain_id
+        self.chain_id = chain_id
         self._gas_margin = gas_margin
         self._fee_bump = fee_bump
         self._from_block = from_block
@@ -156,7 +164,7 @@ class ChainClient:
         return client
 
     async def close(self) -> None:
-        await self._w3.provider.disconnect()
+        await self.w3.provider.disconnect()
 
     async def batch_nonce(self) -> int:
         nonce: int = await self.distributor.functions.batchNonce().call()
@@ -172,7 +180,7 @@ class ChainClient:
 
     async def confirmed_account_nonce(self) -> int:
         """How many of this account's transactions are mined."""
-        count: int = await self._w3.eth.get_transaction_count(self.address, "latest")
+        count: int = await self.w3.eth.get_transaction_count(self.address, "latest")
         return count
 
     async def prepare(self, batch_nonce: int, workers: tuple[str, ...], amounts: tuple[int, ...]) -> Prepared:
@@ -182,10 +190,10 @@ class ChainClient:
             estimate = await call.estimate_gas({"from": self.address})
         except (ContractCustomError, ContractLogicError) as error:
             raise BatchRefusedError(self._describe_revert(error)) from None
-        pending: int = await self._w3.eth.get_transaction_count(self.address, "pending")
+        pending: int = await self.w3.eth.get_transaction_count(self.address, "pending")
         account_nonce = max(pending, self._next_account_nonce or 0)
-        tip = await self._w3.eth.max_priority_fee
-        block = await self._w3.eth.get_block("latest")
+        tip = await self.w3.eth.max_priority_fee
+        block = await self.w3.eth.get_block("latest")
         max_fee = 2 * int(block["baseFeePerGas"]) + tip
         gas = ceil(estimate * self._gas_margin)
         send = self._sign(call, account_nonce, gas, max_fee, tip)
@@ -210,7 +218,7 @@ class ChainClient:
             "to": self.distributor.address,
             "data": call._encode_transaction_data(),
             "value": 0,
-            "chainId": self._chain_id,
+            "chainId": self.chain_id,
             "nonce": account_nonce,
             "gas": gas,
             "maxFeePerGas": max_fee,
@@ -224,7 +232,7 @@ class ChainClient:
         """Send a signed transaction. A node that already has it, or has mined its nonce, is not an
         error: the batch's fate is read from the chain afterwards either way."""
         try:
-            await self._w3.eth.send_raw_transaction(HexStr(send.raw))
+            await self.w3.eth.send_raw_transaction(HexStr(send.raw))
         except Web3RPCError as error:
             log.info("broadcast of %s not accepted: %s", send.tx_hash, error)
 
@@ -232,7 +240,7 @@ class ChainClient:
         """Whether any of these transactions has a receipt."""
         for tx_hash in tx_hashes:
             try:
-                await self._w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
             except TransactionNotFound:
                 continue
             return True
@@ -246,3 +254,29 @@ class ChainClient:
                 if data.startswith("0x" + AsyncWeb3.keccak(text=signature).hex().removeprefix("0x")[:8]):
                     return f"the distributor refuses the batch: {item['name']}"
         return f"the distributor refuses the batch: {error}"
+
+
+class RegistryReader:
+    """`WorkerRegistry.isActive`, each answer reused for `cache_s` seconds (a read, never a send)."""
+
+    def __init__(
+        self, w3: AsyncWeb3[Any], registry: str, *, cache_s: float, clock: Callable[[], float]
+    ) -> None:
+        self.w3 = w3
+        self._registry = w3.eth.contract(
+            address=w3.to_checksum_address(registry), abi=load_artifact("WorkerRegistry").abi
+        )
+        self._cache_s = cache_s
+        self._clock = clock
+        self._answers: dict[str, tuple[float, bool]] = {}
+
+    async def is_active(self, worker: str) -> bool:
+        now = self._clock()
+        cached = self._answers.get(worker)
+        if cached is not None and now - cached[0] < self._cache_s:
+            return cached[1]
+        active: bool = await self._registry.functions.isActive(worker).call()
+        if len(self._answers) >= 10_000:  # keep memory bounded: forget answers that expired
+            self._answers = {w: a for w, a in self._answers.items() if now - a[0] < self._cache_s}
+        self._answers[worker] = (now, active)
+        return active

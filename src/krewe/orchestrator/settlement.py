@@ -36,8 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import BatchRefusedError, ChainClient
-from krewe.orchestrator.ledger import Batch, RewardLedger, SendRecord
+from krewe.orchestrator.ledger import Batch, SendRecord
 
 __all__ = ["Fate", "SettlementError", "SettlementOutcome", "Settler", "decide_fate"]
 
@@ -90,7 +91,7 @@ class Settler:
 
     def __init__(
         self,
-        ledger: RewardLedger,
+        ledger: LedgerService,
         client: ChainClient,
         *,
         max_batch: int = 500,
@@ -110,13 +111,13 @@ class Settler:
     async def settle_once(self) -> list[BatchResult]:
         """One settlement window. Network errors leave the batch open, to be resumed next time."""
         results: list[BatchResult] = []
-        for batch in self._ledger.open_batches():
+        for batch in await self._ledger.open_batches():
             results.append(await self._settle_safely(batch))
             if results[-1].outcome is SettlementOutcome.UNRESOLVED:
                 return results
-        for batch in self._ledger.snapshot(self._max_batch):
+        for batch in await self._ledger.snapshot(self._max_batch):
             self._on_stage("snapshot", batch)
-        for batch in self._ledger.open_batches():
+        for batch in await self._ledger.open_batches():
             results.append(await self._settle_safely(batch))
             if results[-1].outcome is SettlementOutcome.UNRESOLVED:
                 break
@@ -145,21 +146,21 @@ class Settler:
             try:
                 prepared = await self._client.prepare(nonce, batch.workers, batch.amounts)
             except BatchRefusedError as refused:
-                self._ledger.revert(batch.id)
+                await self._ledger.revert(batch.id)
                 return BatchResult(batch, SettlementOutcome.REVERTED, str(refused))
             record = SendRecord(
                 nonce, prepared.payload_hash, prepared.account_nonce, prepared.gas, (prepared.send,)
             )
-            batch = self._ledger.record_send(batch.id, record)
+            batch = await self._ledger.record_send(batch.id, record)
             self._on_stage("recorded", batch)
         replacements = 0
         while True:
             fate = await self._fate(record)
             if fate is Fate.PAID:
-                self._ledger.commit(batch.id)
+                await self._ledger.commit(batch.id)
                 return BatchResult(batch, SettlementOutcome.PAID, f"batch nonce {record.batch_nonce}")
             if fate is Fate.NOT_PAID:
-                self._ledger.revert(batch.id)
+                await self._ledger.revert(batch.id)
                 return BatchResult(
                     batch, SettlementOutcome.REVERTED, f"batch nonce {record.batch_nonce} not paid"
                 )
@@ -172,7 +173,7 @@ class Settler:
                 return BatchResult(batch, SettlementOutcome.UNRESOLVED, "still pending after fee bumps")
             replacements += 1
             record = replace(record, sends=(*record.sends, self._client.replacement(batch)))
-            batch = self._ledger.record_send(batch.id, record)
+            batch = await self._ledger.record_send(batch.id, record)
             self._on_stage("replaced", batch)
 
     async def _fate(self, record: SendRecord) -> Fate:

@@ -1,0 +1,158 @@
+"""The orchestrator process: every subsystem wired together, and its lifecycle.
+
+Start: open the ledger and the job records, connect to the chain (checking that this key is the
+distributor's orchestrator), listen, start heartbeats and the settlement loop.
+
+Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
+`shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
+ledger and the records.
+"""
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from krewe.orchestrator.api import build_app
+from krewe.orchestrator.bookkeeper import LedgerService
+from krewe.orchestrator.chain import ChainClient, OrchestratorKey, RegistryReader
+from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
+from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.router import JobRouter
+from krewe.orchestrator.settlement import Settler
+from krewe.orchestrator.workers import WorkerManager
+from krewe.settings import SettingsError
+
+__all__ = ["Orchestrator", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.settlements: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.port = settings.port
+
+    async def start(self) -> None:
+        settings = self.settings
+        for name in ("registry_address", "distributor_address"):
+            if not getattr(settings, name):
+                raise SettingsError(f"{name}: required (the address of the deployed contract)")
+        key = OrchestratorKey.from_settings(
+            keystore=settings.key_file,
+            password_env=settings.key_password_env,
+            password_file=settings.key_password_file,
+            dev_key_env=settings.dev_key_env,
+        )
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.chain = await ChainClient.connect(settings.rpc_url, settings.distributor_address, key)
+        registry = RegistryReader(
+            self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
+        )
+        self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
+        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s)
+        self.workers = WorkerManager(settings, registry, self.metrics, chain_id=self.chain.chain_id)
+        rng = random.Random(settings.seed)
+        self.router = JobRouter(settings, self.workers, self.ledger, self.records, self.metrics, rng=rng)
+        self.settler = Settler(
+            self.ledger,
+            self.chain,
+            max_batch=settings.max_batch,
+            receipt_timeout_s=settings.receipt_timeout_s,
+        )
+        self.runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.workers.heartbeat()),
+            loop.create_task(self._settle_every_window()),
+        ]
+        log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
+
+    async def _settle_every_window(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.settlement_window_s)
+            if not self._stop.is_set():
+                await self.settle()
+
+    async def settle(self) -> None:
+        """One settlement window; its results are kept for GET /v1/settlements and metrics."""
+        try:
+            results = await self.settler.settle_once()
+        except Exception:
+            log.exception("settlement failed; it will be tried again next window")
+            self.metrics.settlements.labels("error").inc()
+            return
+        for result in results:
+            self.metrics.settlements.labels(result.outcome.value).inc()
+            send = result.batch.send
+            self.settlements.appendleft(
+                {
+                    "batch": result.batch.id,
+                    "outcome": result.outcome.value,
+                    "reason": result.reason,
+                    "workers": len(result.batch.workers),
+                    "total": str(result.batch.total),
+                    "batch_nonce": send.batch_nonce if send else None,
+                    "tx_hash": send.sends[-1].tx_hash if send else None,
+                    "at": time.time(),
+                }
+            )
+
+    async def ready(self) -> dict[str, bool]:
+        checks = {"chain": True, "ledger": True}
+        try:
+            await asyncio.wait_for(self.chain.batch_nonce(), timeout=2)
+        except Exception:
+            checks["chain"] = False
+        try:
+            await self.ledger.totals()
+        except Exception:
+            checks["ledger"] = False
+        return checks
+
+    async def stop(self) -> None:
+        log.info("shutting down: finishing in-flight jobs (up to %g s)", self.settings.shutdown_grace_s)
+        self._stop.set()
+        self.workers.accepting = False
+        await self.router.drain(self.settings.shutdown_grace_s)
+        await self.workers.close_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.settle()
+        await self.runner.cleanup()
+        await self.records.close()
+        await self.ledger.close()
+        await self.chain.close()
+        log.info("stopped")
+
+
+async def serve(settings: OrchestratorSettings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    orchestrator = Orchestrator(settings)
+    await orchestrator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await orchestrator.stop()

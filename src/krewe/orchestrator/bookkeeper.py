@@ -1,0 +1,86 @@
+"""LedgerService: the RewardLedger behind one thread, for async code.
+
+The ledger's store writes to disk and fsyncs; doing that on the event loop would stall every
+socket. Every ledger call runs on one dedicated thread, in order, so the ledger never sees two
+callers at once. Credits are group-committed: callers that arrive while a commit is on disk wait
+together for the next one, and each is told its credits exist only after they are durable.
+"""
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+from krewe.orchestrator.ledger import Batch, Credit, LedgerTotals, RewardLedger, SendRecord
+
+__all__ = ["LedgerService"]
+
+T = TypeVar("T")
+
+
+class LedgerService:
+    def __init__(self, ledger: RewardLedger) -> None:
+        self._ledger = ledger
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._queue: list[tuple[list[Credit], asyncio.Future[list[bool]]]] = []
+        self._flushing = False
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    async def credit_many(self, credits: Sequence[Credit]) -> list[bool]:
+        """Durably credit; True for each credit that is new. Concurrent callers share one commit."""
+        if not credits:
+            return []
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._queue.append((list(credits), future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                waiting, self._queue = self._queue, []
+                everything = [credit for credits, _ in waiting for credit in credits]
+                try:
+                    added = await self._run(partial(self._ledger.credit_many, everything))
+                except Exception as error:  # every waiter learns its credits were not made
+                    for _, future in waiting:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                start = 0
+                for credits, future in waiting:
+                    if not future.done():
+                        future.set_result(added[start : start + len(credits)])
+                    start += len(credits)
+        finally:
+            self._flushing = False
+
+    async def snapshot(self, max_batch: int) -> list[Batch]:
+        return await self._run(lambda: self._ledger.snapshot(max_batch))
+
+    async def commit(self, batch_id: int) -> Batch:
+        return await self._run(lambda: self._ledger.commit(batch_id))
+
+    async def revert(self, batch_id: int) -> Batch:
+        return await self._run(lambda: self._ledger.revert(batch_id))
+
+    async def record_send(self, batch_id: int, record: SendRecord) -> Batch:
+        return await self._run(lambda: self._ledger.record_send(batch_id, record))
+
+    async def open_batches(self) -> list[Batch]:
+        return await self._run(self._ledger.open_batches)
+
+    async def totals(self) -> LedgerTotals:
+        return await self._run(self._ledger.totals)
+
+    async def pending(self) -> Mapping[str, int]:
+        return await self._run(self._ledger.pending)
+
+    async def close(self) -> None:
+        await self._run(self._ledger.close)
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,97 @@
+"""The orchestrator's settings: every one, its default, and what it means.
+
+Set them in a TOML file (`krewe orchestrator --config FILE`), as `KREWE_<NAME>` environment
+variables, or as `--name` flags; flags win over the environment, which wins over the file.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from krewe.settings import SettingsError, setting
+
+__all__ = ["OrchestratorSettings"]
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings:
+    host: str = setting("127.0.0.1", "address to listen on (HTTP API and miner WebSockets, one port)")
+    port: int = setting(8000, "port to listen on")
+    public_url: str = setting(
+        "", "URL miners connect to, signed into the login challenge (empty: http://HOST:PORT)"
+    )
+    replicas: int = setting(3, "miners each job is sent to")
+    threshold: int = setting(2, "matching answers needed for a verdict")
+    tail: int = setting(1, "replicas drawn from the lower-ranked half of the miners")
+    redispatch_max: int = setting(2, "extra rounds, one more miner each, after a job ends without consensus")
+    job_timeout_ms: int = setting(30_000, "default deadline of a job")
+    max_job_timeout_ms: int = setting(300_000, "largest deadline a client may ask for")
+    heartbeat_s: float = setting(10.0, "seconds between WebSocket pings to each miner")
+    heartbeat_misses: int = setting(3, "missed pongs after which a miner is disconnected")
+    auth_timeout_s: float = setting(10.0, "seconds a new connection has to log in")
+    max_violations: int = setting(5, "protocol violations after login before a miner is disconnected (4429)")
+    max_frame_bytes: int = setting(
+        1_048_576, "largest WebSocket frame from a miner (larger closes with 1009)"
+    )
+    max_body_bytes: int = setting(1_048_576, "largest HTTP request body (larger gets 413)")
+    reward_wei: int = setting(
+        10**15, "credit per agreeing miner per job, in wei, for models not in model_rewards"
+    )
+    model_rewards: dict[str, int] = setting({}, "credit per agreeing miner per job by model id, in wei")
+    settlement_window_s: float = setting(60.0, "seconds between settlements")
+    max_batch: int = setting(500, "most workers in one batchDistributeRewards")
+    receipt_timeout_s: float = setting(60.0, "seconds to wait for a settlement receipt before a fee bump")
+    rpc_url: str = setting("http://127.0.0.1:8545", "JSON-RPC URL of the settlement chain")
+    registry_address: str = setting("", "WorkerRegistry contract address")
+    distributor_address: str = setting("", "RewardDistributor contract address")
+    registry_cache_s: float = setting(30.0, "seconds a registry answer (isActive) is reused")
+    key_file: Path | None = setting(None, "encrypted keystore (V3 JSON) of the orchestrator's key")
+    key_password_file: Path | None = setting(None, "file holding the keystore's password")
+    key_password_env: str = setting(
+        "KREWE_KEY_PASSWORD", "environment variable holding the keystore's password"
+    )
+    dev_key_env: str = setting(
+        "KREWE_DEV_KEY", "environment variable with a raw hex key (development chains only)"
+    )
+    data_dir: Path = setting(Path("krewe-data"), "directory of the ledger and the job records (SQLite)")
+    job_retention_s: float = setting(86_400.0, "seconds job records are kept")
+    api_keys: list[str] = setting([], "client API keys (Bearer); empty: the API is open (loopback use only)")
+    rate_limit_per_s: float = setting(100.0, "requests per second per API key")
+    rate_limit_burst: int = setting(200, "burst size per API key")
+    shutdown_grace_s: float = setting(10.0, "seconds in-flight jobs get to finish on SIGTERM")
+    seed: int | None = setting(None, "seed for replica selection (audits and tests); unset: random")
+
+    def __post_init__(self) -> None:
+        positive = (
+            "port", "replicas", "threshold", "job_timeout_ms", "max_job_timeout_ms", "heartbeat_s",
+            "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
+            "settlement_window_s", "max_batch", "receipt_timeout_s", "rate_limit_per_s", "rate_limit_burst",
+            "job_retention_s", "shutdown_grace_s",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be positive, not {getattr(self, name)}")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port: {self.port} is not a TCP port")
+        if self.threshold > self.replicas:
+            raise SettingsError(f"threshold: {self.threshold} is more than replicas ({self.replicas})")
+        if not 0 <= self.tail <= self.replicas:
+            raise SettingsError(f"tail: must be between 0 and replicas ({self.replicas}), not {self.tail}")
+        for name in ("redispatch_max", "registry_cache_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: cannot be negative")
+        if self.reward_wei < 0 or any(wei < 0 for wei in self.model_rewards.values()):
+            raise SettingsError("reward_wei: rewards cannot be negative")
+        if self.job_timeout_ms > self.max_job_timeout_ms:
+            raise SettingsError(f"job_timeout_ms: above max_job_timeout_ms ({self.max_job_timeout_ms})")
+        for name in ("registry_address", "distributor_address"):
+            value = getattr(self, name)
+            if value and not (value.startswith("0x") and len(value) == 42):
+                raise SettingsError(f"{name}: {value!r} is not a 0x-prefixed 20-byte address")
+
+    @property
+    def connect_url(self) -> str:
+        base = self.public_url or f"http://{self.host}:{self.port}"
+        return base.replace("http", "ws", 1).rstrip("/") + "/v1/workers/connect"
+
+    def reward_for(self, model: str) -> int:
+        return self.model_rewards.get(model, self.reward_wei)

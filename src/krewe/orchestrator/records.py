@@ -1,0 +1,70 @@
+"""JobStore: every job's record (who was asked, what each answered and when, the verdict, the
+credits), kept in SQLite for `retention_s` and served by GET /v1/jobs/{id}.
+
+Records are written in batches on a thread of their own, so the event loop never waits on disk; a
+record not yet written is served from memory.
+"""
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["JobStore"]
+
+
+class JobStore:
+    def __init__(self, path: Path, *, retention_s: float, flush_s: float = 0.05) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs"
+            " (job_id TEXT PRIMARY KEY, created REAL NOT NULL, record BLOB NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created)")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")
+        self._retention_s = retention_s
+        self._flush_s = flush_s
+        self._unwritten: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def put(self, record: dict[str, Any]) -> None:
+        self._unwritten[record["job_id"]] = (time.time(), record)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        if job_id in self._unwritten:
+            return self._unwritten[job_id][1]
+        row = await asyncio.get_running_loop().run_in_executor(self._thread, self._read, job_id)
+        return None if row is None else dict(orjson.loads(row))
+
+    def _read(self, job_id: str) -> bytes | None:
+        row = self._db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_s)  # gather a batch of records into one transaction
+        await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._unwritten = self._unwritten, {}
+        if batch:
+            rows = [(job_id, created, orjson.dumps(record)) for job_id, (created, record) in batch.items()]
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, rows)
+
+    def _write(self, rows: list[tuple[str, float, bytes]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", rows)
+            self._db.execute("DELETE FROM jobs WHERE created < ?", (time.time() - self._retention_s,))
+
+    async def close(self) -> None:
+        await self.flush()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
+        self._thread.shutdown(wait=True)
