@@ -9,6 +9,7 @@ import click
 import uvloop
 
 from krewe import __version__
+from krewe.keys import KeyLoadError
 from krewe.orchestrator.app import serve
 from krewe.orchestrator.chain import ChainError
 from krewe.orchestrator.config import OrchestratorSettings
@@ -44,5 +45,5 @@ def orchestrator(config_file: Path | None, **flags: Any) -> None:
     try:
         settings = load_settings(OrchestratorSettings, file=config_file, flags=flags)
         uvloop.run(serve(settings))
-    except (SettingsError, ChainError) as error:
+    except (SettingsError, ChainError, KeyLoadError) as error:
         _fail(error)

@@ -18,8 +18,9 @@ from eth_account import Account
 from web3 import Web3
 
 from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
+from krewe.keys import KeyLoadError, SigningKey
 from krewe.orchestrator.bookkeeper import LedgerService
-from krewe.orchestrator.chain import ChainClient, ChainError, OrchestratorKey
+from krewe.orchestrator.chain import ChainClient, ChainError
 from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SendRecord, SQLiteLedgerStore
 from krewe.orchestrator.settlement import (
     Fate,
@@ -38,7 +39,7 @@ class Net:
     anvil: Anvil
     w3: Web3
     deployment: Deployment
-    key: OrchestratorKey
+    key: SigningKey
     directory: Path
 
     def ledger(self, name: str = "ledger.db") -> RewardLedger:
@@ -58,7 +59,7 @@ def network(tmp_path: Path, pool: int = 1_000 * KREW, state: bool = False) -> It
     anvil = Anvil.start(accounts=4, state=tmp_path / "chain.json" if state else None)
     try:
         w3 = anvil.web3()
-        key = OrchestratorKey.from_hex(dev_key(ORCHESTRATOR))
+        key = SigningKey.from_hex(dev_key(ORCHESTRATOR))
         deployment = deploy(w3, admin=anvil.accounts[0], orchestrator=key.address, pool=pool)
         yield Net(anvil, w3, deployment, key, tmp_path)
     finally:
@@ -200,7 +201,8 @@ def test_a_transaction_dropped_from_the_mempool_is_sent_again(tmp_path: Path) ->
 KILLER = """
 import asyncio, os, signal, sys
 from krewe.devchain import dev_key
-from krewe.orchestrator.chain import ChainClient, OrchestratorKey
+from krewe.keys import SigningKey
+from krewe.orchestrator.chain import ChainClient
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.settlement import Settler
 from krewe.orchestrator.bookkeeper import LedgerService
@@ -211,7 +213,7 @@ def kill(at, batch):
         os.kill(os.getpid(), signal.SIGKILL)
 
 async def main():
-    client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
+    client = await ChainClient.connect(url, distributor, SigningKey.from_hex(dev_key(1)))
     await Settler(LedgerService(RewardLedger(SQLiteLedgerStore(db))), client, on_stage=kill).settle_once()
 
 asyncio.run(main())
@@ -254,7 +256,8 @@ def test_settling_process_killed_then_restarted(tmp_path: Path, stage: str) -> N
 RACER = """
 import asyncio, pathlib, sys, time
 from krewe.devchain import dev_key
-from krewe.orchestrator.chain import ChainClient, OrchestratorKey
+from krewe.keys import SigningKey
+from krewe.orchestrator.chain import ChainClient
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.settlement import Settler
 from krewe.orchestrator.bookkeeper import LedgerService
@@ -270,7 +273,7 @@ def barrier(stage, batch):
             time.sleep(0.01)
 
 async def main():
-    client = await ChainClient.connect(url, distributor, OrchestratorKey.from_hex(dev_key(1)))
+    client = await ChainClient.connect(url, distributor, SigningKey.from_hex(dev_key(1)))
     ledger = RewardLedger(SQLiteLedgerStore(db))
     settler = Settler(LedgerService(ledger), client, receipt_timeout_s=2, poll_s=0.05, on_stage=barrier)
     for window in range(10):
@@ -348,29 +351,29 @@ def test_decide_fate_refuses_a_chain_that_went_backwards() -> None:
 
 def test_the_key_never_shows(tmp_path: Path) -> None:
     secret = dev_key(ORCHESTRATOR)
-    key = OrchestratorKey.from_hex(secret)
+    key = SigningKey.from_hex(secret)
     for text in (repr(key), str(key), f"{key!r} {key}"):
         assert secret.removeprefix("0x") not in text.lower()
     keystore = tmp_path / "key.json"
     keystore.write_text(json.dumps(Account.encrypt(secret, "pw", kdf="pbkdf2", iterations=2)))
-    assert OrchestratorKey.from_keystore(keystore, "pw").address == key.address
-    with pytest.raises(ChainError) as wrong:
-        OrchestratorKey.from_keystore(keystore, "wrong")
+    assert SigningKey.from_keystore(keystore, "pw").address == key.address
+    with pytest.raises(KeyLoadError) as wrong:
+        SigningKey.from_keystore(keystore, "wrong")
     assert "wrong password" in str(wrong.value) and secret.removeprefix("0x") not in str(wrong.value).lower()
-    with pytest.raises(ChainError, match="not a valid"):
-        OrchestratorKey.from_hex("0x1234")
+    with pytest.raises(KeyLoadError, match="not a valid"):
+        SigningKey.from_hex("0x1234")
     os.environ["KREWE_TEST_PASSWORD"] = "pw"
     try:
-        loaded = OrchestratorKey.from_settings(keystore=keystore, password_env="KREWE_TEST_PASSWORD")
+        loaded = SigningKey.from_settings(role="test", keystore=keystore, password_env="KREWE_TEST_PASSWORD")
         assert loaded.address == key.address
     finally:
         del os.environ["KREWE_TEST_PASSWORD"]
-    with pytest.raises(ChainError, match="needs a password"):
-        OrchestratorKey.from_settings(keystore=keystore, password_env="KREWE_TEST_PASSWORD")
+    with pytest.raises(KeyLoadError, match="needs a password"):
+        SigningKey.from_settings(role="test", keystore=keystore, password_env="KREWE_TEST_PASSWORD")
 
 
 def test_a_client_with_the_wrong_key_is_refused(tmp_path: Path) -> None:
     with network(tmp_path) as net:
-        other = OrchestratorKey.from_hex(dev_key(2))
+        other = SigningKey.from_hex(dev_key(2))
         with pytest.raises(ChainError, match="not this key's"):
             asyncio.run(ChainClient.connect(net.anvil.url, net.deployment.distributor, other))

@@ -128,7 +128,7 @@ async def test_operations_endpoints(harness: Harness) -> None:
     assert (status, ready["checks"]) == (200, {"chain": True, "ledger": True})
     status, workers = await get(harness, "/v1/workers")
     assert status == 200 and len(workers["data"]) == 3
-    await until(lambda: not harness.orchestrator.router.jobs, what="the job to finish")
+    await until(lambda: harness.orchestrator.router.idle, what="the job to finish")
     status, metrics = await get(harness, "/metrics")
     assert status == 200
     assert 'krewe_jobs_total{verdict="agreed"} 1.0' in metrics
@@ -155,7 +155,7 @@ async def test_settlement_pays_what_the_ledger_holds(harness: Harness) -> None:
     for _ in range(2):
         status, _ = await post(harness, "/v1/chat/completions", CHAT)
         assert status == 200
-    await until(lambda: not harness.orchestrator.router.jobs, what="the jobs to finish")
+    await until(lambda: harness.orchestrator.router.idle, what="the jobs to finish")
     reward = harness.orchestrator.settings.reward_wei
     await harness.orchestrator.settle()
     status, settlements = await get(harness, "/v1/settlements")

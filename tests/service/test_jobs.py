@@ -100,3 +100,16 @@ async def test_a_deadline_without_verdict_gives_504(make_harness: Any) -> None:
     status, body = await post(harness, "/v1/chat/completions", CHAT)
     assert status == 504, body
     assert body["error"]["code"] == "deadline_exceeded"
+
+
+async def test_a_miner_that_disconnects_mid_job_counts_as_no_response(harness: Harness) -> None:
+    gone, _, _ = await harness.connected("disconnect", "honest", "honest")
+    status, body = await post(harness, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
+    assert status == 200 and body["verdict"] == "agreed"
+    await until(lambda: harness.orchestrator.router.idle, what="the job to finish")
+    record = await harness.orchestrator.records.get(body["job_id"])
+    assert record is not None
+    answer = {w["worker"]: w for w in record["workers"]}[gone.address]
+    assert (answer["answer"], answer["reason"]) == ("timeout", "disconnected")
+    assert gone.address not in record["credits"]
+    assert gone.address not in harness.orchestrator.workers.sessions

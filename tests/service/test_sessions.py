@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from krewe.protocol.login import sign_challenge
+from krewe.keys import SigningKey
 from krewe.protocol.messages import CloseCode
 from tests.service.conftest import Harness, until
 from tests.service.test_jobs import CHAT, post
@@ -49,7 +49,7 @@ async def test_refused_logins(harness: Harness, forge: str, code: str, close: in
     elif forge == "replayed":  # a signature from an earlier connection's challenge
         earlier = await harness.miner(0).__aenter__()
         await earlier.connect()
-        old_signature = sign_challenge(earlier.challenge["message"], miner.key)
+        old_signature = SigningKey.from_hex(miner.key).sign_message(earlier.challenge["message"])
         reply = await miner.connect(signature=old_signature)
     elif forge == "garbage_signature":
         reply = await miner.connect(signature="0x1234")

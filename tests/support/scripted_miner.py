@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from krewe.protocol.login import sign_challenge
+from krewe.keys import SigningKey
 
 BEHAVIOURS = (
     "honest",
@@ -89,7 +89,7 @@ class ScriptedMiner:
             auth = {
                 "type": "auth",
                 "address": address or self.address,
-                "signature": signature or sign_challenge(challenge["message"], self.key),
+                "signature": signature or SigningKey.from_hex(self.key).sign_message(challenge["message"]),
                 "models": self.models,
                 "max_concurrency": self.max_concurrency,
                 "agent": "scripted/1",

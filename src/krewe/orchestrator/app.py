@@ -20,9 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
+from krewe.keys import SigningKey
 from krewe.orchestrator.api import build_app
 from krewe.orchestrator.bookkeeper import LedgerService
-from krewe.orchestrator.chain import ChainClient, OrchestratorKey, RegistryReader
+from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.metrics import Metrics
@@ -51,7 +52,8 @@ class Orchestrator:
         for name in ("registry_address", "distributor_address"):
             if not getattr(settings, name):
                 raise SettingsError(f"{name}: required (the address of the deployed contract)")
-        key = OrchestratorKey.from_settings(
+        key = SigningKey.from_settings(
+            role="orchestrator",
             keystore=settings.key_file,
             password_env=settings.key_password_env,
             password_file=settings.key_password_file,

@@ -11,31 +11,27 @@ EIP-1559 (twice the base fee plus the suggested tip); gas is estimated, with a m
 transaction is replaced by `replacement`: the same calldata and account nonce, both fees bumped.
 """
 
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import ceil
-from pathlib import Path
 from typing import Any
 
 from eth_abi.abi import encode
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, HexStr
+from eth_typing import HexStr
 from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 
 from krewe.contracts import load_artifact
+from krewe.keys import SigningKey
 from krewe.orchestrator.ledger import Batch, SignedSend
 
 __all__ = [
     "BatchRefusedError",
     "ChainClient",
     "ChainError",
-    "OrchestratorKey",
     "RegistryReader",
+    "SigningKey",
     "payload_hash",
 ]
 
@@ -48,66 +44,6 @@ class ChainError(Exception):
 
 class BatchRefusedError(ChainError):
     """The distributor would revert this batch (estimated before anything was signed)."""
-
-
-class OrchestratorKey:
-    """The orchestrator's signing key. Its repr, str and errors show the address, never the key."""
-
-    def __init__(self, account: LocalAccount) -> None:
-        self._account = account
-        self.address: ChecksumAddress = account.address
-
-    @classmethod
-    def from_keystore(cls, path: Path, password: str) -> "OrchestratorKey":
-        """Decrypt an Ethereum keystore (V3 JSON) file."""
-        try:
-            keystore = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise ChainError(f"cannot read keystore {path}: {error}") from None
-        try:
-            return cls(Account.from_key(Account.decrypt(keystore, password)))
-        except ValueError:
-            raise ChainError(f"cannot decrypt keystore {path}: wrong password or damaged file") from None
-
-    @classmethod
-    def from_hex(cls, private_key: str) -> "OrchestratorKey":
-        """A raw hex key: for development chains only."""
-        try:
-            return cls(Account.from_key(private_key))
-        except (ValueError, TypeError):
-            raise ChainError("the private key is not a valid 32-byte hex key") from None
-
-    @classmethod
-    def from_settings(
-        cls,
-        *,
-        keystore: Path | None,
-        password_env: str | None = None,
-        password_file: Path | None = None,
-        dev_key_env: str | None = None,
-    ) -> "OrchestratorKey":
-        """A keystore with its password from an env var or a file; or a raw key in an env var."""
-        if keystore is not None:
-            if password_file is not None:
-                password = password_file.read_text().rstrip("\n")
-            elif password_env is not None and password_env in os.environ:
-                password = os.environ[password_env]
-            else:
-                raise ChainError("the keystore needs a password: set a password file or a password variable")
-            return cls.from_keystore(keystore, password)
-        if dev_key_env is not None and os.environ.get(dev_key_env):
-            return cls.from_hex(os.environ[dev_key_env])
-        raise ChainError("no orchestrator key: set a keystore file (or a development key variable)")
-
-    def sign(self, transaction: dict[str, Any]) -> tuple[str, str]:
-        """Sign a transaction; returns (hash, raw) as hex."""
-        signed = self._account.sign_transaction(transaction)
-        return "0x" + bytes(signed.hash).hex(), "0x" + bytes(signed.raw_transaction).hex()
-
-    def __repr__(self) -> str:
-        return f"OrchestratorKey({self.address})"
-
-    __str__ = __repr__
 
 
 def payload_hash(workers: tuple[str, ...], amounts: tuple[int, ...]) -> str:
@@ -130,7 +66,7 @@ class ChainClient:
         self,
         w3: AsyncWeb3[Any],
         distributor: str,
-        key: OrchestratorKey,
+        key: SigningKey,
         *,
         chain_id: int,
         gas_margin: float = 1.25,
@@ -151,7 +87,7 @@ class ChainClient:
 
     @classmethod
     async def connect(
-        cls, rpc_url: str, distributor: str, key: OrchestratorKey, *, timeout_s: float = 10.0, **options: Any
+        cls, rpc_url: str, distributor: str, key: SigningKey, *, timeout_s: float = 10.0, **options: Any
     ) -> "ChainClient":
         w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
         chain_id = await w3.eth.chain_id
@@ -225,7 +161,7 @@ class ChainClient:
             "maxPriorityFeePerGas": tip,
             "type": 2,
         }
-        tx_hash, raw = self._key.sign(transaction)
+        tx_hash, raw = self._key.sign_transaction(transaction)
         return SignedSend(tx_hash, raw, max_fee, tip)
 
     async def broadcast(self, send: SignedSend) -> None:

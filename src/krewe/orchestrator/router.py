@@ -400,10 +400,15 @@ class JobRouter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def idle(self) -> bool:
+        """No job open and no job's bookkeeping (credits, scores, record) still running."""
+        return not self.jobs and not self._tasks
+
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for in-flight jobs and their bookkeeping to finish."""
         deadline = self._clock() + timeout_s
-        while (self.jobs or self._tasks) and self._clock() < deadline:
+        while not self.idle and self._clock() < deadline:
             pending: list[asyncio.Future[Any]] = [*self._tasks]
             pending += [job.decided for job in self.jobs.values() if not job.decided.done()]
             if pending:

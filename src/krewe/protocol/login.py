@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-__all__ = ["challenge_text", "recover_signer", "rfc3339", "sign_challenge"]
+__all__ = ["challenge_text", "recover_signer", "rfc3339"]
 
 STATEMENT = "Log in to serve inference jobs as a krewe worker."
 
@@ -41,9 +41,3 @@ def recover_signer(message: str, signature: str) -> str:
     except Exception as error:  # eth_account raises several types for malformed signatures
         raise ValueError(f"malformed signature: {error}") from None
     return address
-
-
-def sign_challenge(message: str, private_key: str) -> str:
-    """What a miner sends back: the hex EIP-191 signature of the exact challenge text."""
-    signed = Account.sign_message(encode_defunct(text=message), private_key=private_key)
-    return "0x" + bytes(signed.signature).hex()
