@@ -22,7 +22,7 @@ from eth_typing import HexStr
 from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 
-from krewe.contracts import load_artifact
+from krewe.contracts import error_name, load_artifact
 from krewe.keys import SigningKey
 from krewe.orchestrator.ledger import Batch, SignedSend
 
@@ -125,7 +125,9 @@ class ChainClient:
         try:
             estimate = await call.estimate_gas({"from": self.address})
         except (ContractCustomError, ContractLogicError) as error:
-            raise BatchRefusedError(self._describe_revert(error)) from None
+            raise BatchRefusedError(
+                f"the distributor refuses the batch: {error_name(str(error.data))}"
+            ) from None
         pending: int = await self.w3.eth.get_transaction_count(self.address, "pending")
         account_nonce = max(pending, self._next_account_nonce or 0)
         tip = await self.w3.eth.max_priority_fee
@@ -181,15 +183,6 @@ class ChainClient:
                 continue
             return True
         return False
-
-    def _describe_revert(self, error: ContractCustomError | ContractLogicError) -> str:
-        data = str(error.data or "")
-        for item in self.distributor.abi:
-            if item["type"] == "error":
-                signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
-                if data.startswith("0x" + AsyncWeb3.keccak(text=signature).hex().removeprefix("0x")[:8]):
-                    return f"the distributor refuses the batch: {item['name']}"
-        return f"the distributor refuses the batch: {error}"
 
 
 class RegistryReader:

@@ -1,0 +1,48 @@
+"""The miner's settings: a TOML file, `KREWE_MINER_<NAME>` environment variables, or flags."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from krewe.settings import SettingsError, setting
+
+__all__ = ["MinerSettings"]
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    orchestrator_url: str = setting(
+        "ws://127.0.0.1:8000/v1/workers/connect", "the orchestrator's WebSocket URL"
+    )
+    key_file: Path | None = setting(None, "encrypted keystore (V3 JSON) of the miner's key")
+    key_password_file: Path | None = setting(None, "file holding the keystore's password")
+    key_password_env: str = setting("KREWE_MINER_KEY_PASSWORD", "variable holding the keystore's password")
+    dev_key_env: str = setting("KREWE_MINER_DEV_KEY", "variable with a raw hex key (development chains only)")
+    backend: str = setting("local", "where answers come from: 'local' (built-in embedding model) or 'openai'")
+    models: list[str] = setting([], "model ids to serve (empty: what the backend offers)")
+    base_url: str = setting("http://127.0.0.1:11434/v1", "the OpenAI-compatible server (openai backend)")
+    backend_api_key: str = setting("", "API key for the OpenAI-compatible server, if it needs one")
+    backend_timeout_s: float = setting(120.0, "longest wait for the backend on one job")
+    seed: int = setting(0, "decoding seed forced on the openai backend (with temperature 0)")
+    max_concurrency: int = setting(4, "jobs run at once; more are rejected as busy")
+    reconnect_min_s: float = setting(0.5, "first reconnect delay")
+    reconnect_max_s: float = setting(30.0, "longest reconnect delay")
+    healthy_session_s: float = setting(60.0, "a session this long resets the reconnect delay")
+    shutdown_grace_s: float = setting(10.0, "seconds running jobs get to finish on SIGTERM")
+    rpc_url: str = setting(
+        "http://127.0.0.1:8545", "JSON-RPC URL of the chain (register, status, claim, exit)"
+    )
+    registry_address: str = setting("", "WorkerRegistry contract address")
+    distributor_address: str = setting("", "RewardDistributor contract address")
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "openai"):
+            raise SettingsError(f"backend: must be 'local' or 'openai', not {self.backend!r}")
+        if not self.orchestrator_url.startswith(("ws://", "wss://")):
+            raise SettingsError(
+                f"orchestrator_url: must start with ws:// or wss://, not {self.orchestrator_url!r}"
+            )
+        for name in ("max_concurrency", "reconnect_min_s", "reconnect_max_s", "backend_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be positive, not {getattr(self, name)}")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise SettingsError("reconnect_min_s: above reconnect_max_s")

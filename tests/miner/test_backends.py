@@ -1,0 +1,180 @@
+"""Backends: the built-in model agrees with itself across processes; the openai backend forces
+deterministic decoding, keeps only what must agree, and maps failures to reject reasons."""
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from krewe.devchain import free_port
+from krewe.miner.backends import BackendError
+from krewe.miner.backends.local import MODEL_ID, LocalEmbeddingBackend
+from krewe.miner.backends.openai_compat import OpenAICompatibleBackend
+from krewe.protocol.canonical import digest
+
+EMBED = """
+import asyncio, sys
+from krewe.miner.backends.local import LocalEmbeddingBackend, MODEL_ID
+from krewe.protocol.canonical import digest
+backend = LocalEmbeddingBackend()
+output = asyncio.run(backend.answer(MODEL_ID, "embedding", {"input": ["krewe agrees", "ça va? 你好"]}))
+print(digest(output))
+"""
+
+
+def test_the_local_model_gives_the_same_digest_in_two_processes() -> None:
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", EMBED], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+        for _ in range(2)
+    ]
+    assert digests[0] == digests[1] and len(digests[0].strip()) == 64
+
+
+async def test_the_local_model_answers_embeddings_and_refuses_the_rest() -> None:
+    backend = LocalEmbeddingBackend()
+    output = await backend.answer(MODEL_ID, "embedding", {"input": "hello"})
+    assert len(output["data"][0]["embedding"]) == 384
+    assert output["usage"]["prompt_tokens"] > 0
+    assert digest(output) == digest(await backend.answer(MODEL_ID, "embedding", {"input": ["hello"]}))
+    for model, task, job_input, reason in [
+        ("other", "embedding", {"input": "x"}, "unsupported_model"),
+        (MODEL_ID, "chat", {"messages": []}, "bad_input"),
+        (MODEL_ID, "embedding", {"input": [1, 2]}, "bad_input"),
+        (MODEL_ID, "embedding", {"input": []}, "bad_input"),
+    ]:
+        with pytest.raises(BackendError) as refused:
+            await backend.answer(model, task, job_input)
+        assert refused.value.reason == reason
+    await backend.close()
+
+
+class FakeOpenAIServer:
+    """A scripted OpenAI-compatible server for the test (not a product part): it records requests
+    and answers with the volatile fields a real server adds."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.delay_s = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.method == "POST" else {}
+        self.requests.append({"path": request.path, "body": body})
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # the slow backend under test
+        if self.status != 200:
+            return web.json_response({"error": {"message": "nope"}}, status=self.status)
+        volatile = {
+            "id": f"x-{len(self.requests)}",
+            "created": len(self.requests),
+            "system_fingerprint": "fp",
+        }
+        if request.path.endswith("/models"):
+            return web.json_response({"data": [{"id": "m1"}, {"id": "m0"}]})
+        if request.path.endswith("/chat/completions"):
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi", "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            return web.json_response({**volatile, "choices": [choice], "usage": usage})
+        if request.path.endswith("/completions"):
+            choice = {"index": 0, "text": "hi", "finish_reason": "length", "logprobs": None}
+            return web.json_response({**volatile, "choices": [choice], "usage": {"prompt_tokens": 3}})
+        return web.json_response(
+            {
+                **volatile,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 1]}],
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[tuple[FakeOpenAIServer, str]]:
+    server = FakeOpenAIServer()
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield server, f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+
+
+async def test_openai_backend_forces_determinism_and_strips_volatile_fields(fake_server: Any) -> None:
+    server, url = fake_server
+    backend = OpenAICompatibleBackend(url, models=[], seed=42, timeout_s=5)
+    assert await backend.discover_models() == ["m0", "m1"]
+    chat = await backend.answer(
+        "m1",
+        "chat",
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "temperature": 1.5,
+            "stream": True,
+            "n": 3,
+            "user": "u",
+        },
+    )
+    sent = server.requests[-1]["body"]
+    assert (sent["temperature"], sent["seed"], sent["n"], sent["stream"]) == (0, 42, 1, False)
+    assert "user" not in sent and sent["model"] == "m1"
+    assert chat == {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    again = await backend.answer("m1", "chat", {"messages": [{"role": "user", "content": "x"}]})
+    assert digest(again) == digest(chat)  # the server's ids and timestamps changed; the answer did not
+    completion = await backend.answer("m1", "completion", {"prompt": "x"})
+    assert completion["choices"][0] == {"index": 0, "text": "hi", "finish_reason": "length"}
+    embedding = await backend.answer("m1", "embedding", {"input": "x"})
+    assert embedding == {"data": [{"index": 0, "embedding": [0.5, 1.0]}], "usage": {"prompt_tokens": 2}}
+    await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (404, "unsupported_model"),
+        (400, "bad_input"),
+        (422, "bad_input"),
+        (429, "busy"),
+        (503, "busy"),
+        (500, "internal"),
+    ],
+)
+async def test_openai_backend_maps_failures_to_reject_reasons(
+    fake_server: Any, status: int, reason: str
+) -> None:
+    server, url = fake_server
+    server.status = status
+    backend = OpenAICompatibleBackend(url, models=["m1"], timeout_s=5)
+    with pytest.raises(BackendError) as refused:
+        await backend.answer("m1", "chat", {"messages": []})
+    assert refused.value.reason == reason
+    await backend.close()
+
+
+async def test_openai_backend_timeouts_and_unreachable_servers(fake_server: Any) -> None:
+    server, url = fake_server
+    server.delay_s = 1.0
+    backend = OpenAICompatibleBackend(url, models=["m1"], timeout_s=0.2)
+    with pytest.raises(BackendError) as slow:
+        await backend.answer("m1", "chat", {"messages": []})
+    assert slow.value.reason == "busy"
+    await backend.close()
+    gone = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}/v1", models=["m1"], timeout_s=2)
+    with pytest.raises(BackendError) as unreachable:
+        await gone.answer("m1", "chat", {"messages": []})
+    assert unreachable.value.reason == "internal"
+    await gone.close()
