@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: test lint typecheck unit contracts contracts-check bench clean
+.PHONY: demo test lint typecheck unit contracts contracts-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP)/python-deps: pyproject.toml | $(BIN)/python
 $(STAMP)/node-deps: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@mkdir -p $(STAMP) && touch $@
+
+# A whole local network: chain, contracts, orchestrator, miners, requests, a payout. ARGS=--once exits
+# after the first settlement.
+demo: $(STAMP)/python-deps $(STAMP)/node-deps
+	$(BIN)/krewe demo $(ARGS)
 
 test: lint typecheck contracts-check unit
 

@@ -2,13 +2,17 @@
 
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import uvloop
+from web3 import Web3
 
 from krewe import __version__
+from krewe.demo import DemoOptions, run_demo
+from krewe.deploy import deploy_contracts
 from krewe.keys import KeyLoadError, SigningKey
 from krewe.miner.backends import BackendError
 from krewe.miner.config import MinerSettings
@@ -18,6 +22,7 @@ from krewe.orchestrator.app import serve
 from krewe.orchestrator.chain import ChainError
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.settings import SettingsError, flag_options, load_settings
+from krewe.transactions import TransactionError, send_signed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +89,7 @@ def _miner_chain(config_file: Path | None, flags: dict[str, Any]) -> MinerChain:
         return MinerChain(
             settings.rpc_url, settings.registry_address, settings.distributor_address, _miner_key(settings)
         )
-    except MinerChainError as error:
+    except (MinerChainError, TransactionError) as error:
         _fail(error)
 
 
@@ -120,7 +125,7 @@ def miner_register(config_file: Path | None, amount: str, **flags: Any) -> None:
     try:
         for tx in chain.register(parse_krew(amount)):
             click.echo(f"sent {tx}")
-    except MinerChainError as error:
+    except (MinerChainError, TransactionError) as error:
         _fail(error)
     click.echo("\n".join(chain.status().lines()))
 
@@ -141,7 +146,7 @@ def miner_claim(config_file: Path | None, **flags: Any) -> None:
     chain = _miner_chain(config_file, flags)
     try:
         click.echo(f"claimed in {chain.claim()}")
-    except MinerChainError as error:
+    except (MinerChainError, TransactionError) as error:
         _fail(error)
 
 
@@ -157,5 +162,71 @@ def miner_exit(config_file: Path | None, withdraw: bool, **flags: Any) -> None:
             click.echo(f"withdrew the stake in {chain.withdraw()}")
         else:
             click.echo(f"exit requested in {chain.request_exit()}")
-    except MinerChainError as error:
+    except (MinerChainError, TransactionError) as error:
         _fail(error)
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, help="port of the demo's orchestrator (127.0.0.1)")
+@click.option("--miners", default=5, show_default=True, help="honest miners to start")
+@click.option("--liars", default=1, show_default=True, help="miners that answer wrong on purpose")
+@click.option("--requests", "request_count", default=12, show_default=True, help="requests to send")
+@click.option("--once", is_flag=True, help="exit 0 right after the first confirmed settlement")
+@click.option("--chain-url", default=None, help="use this running anvil instead of starting one")
+def demo(**options: Any) -> None:
+    """Run a whole local network: chain, contracts, orchestrator, miners, requests, a payout."""
+    options["requests"] = options.pop("request_count")
+    sys.exit(run_demo(DemoOptions(**options)))
+
+
+@main.command()
+@click.option("--rpc-url", required=True, help="JSON-RPC URL of the chain")
+@click.option(
+    "--orchestrator", "orchestrator_address", required=True, help="address of the orchestrator's key"
+)
+@click.option("--key-file", type=click.Path(path_type=Path), help="encrypted keystore of the admin key")
+@click.option(
+    "--key-password-file", type=click.Path(path_type=Path), help="file holding the keystore's password"
+)
+@click.option("--min-stake", default="100", show_default=True, help="smallest active stake, in KREW")
+@click.option("--max-stake", default="1000000", show_default=True, help="largest active stake, in KREW")
+@click.option(
+    "--unbonding-delay-s", default=7 * 24 * 3600, show_default=True, help="seconds from exit to withdrawal"
+)
+@click.option("--max-batch", default=500, show_default=True, help="most recipients in one batch")
+@click.option(
+    "--pool", default="0", show_default=True, help="KREW to mint to the admin and put in the reward pool"
+)
+def deploy(**options: Any) -> None:
+    """Deploy the token, registry and distributor, signed by the admin key; print the settings.
+
+    The admin key's password may also come from KREWE_DEPLOY_KEY_PASSWORD; for development chains
+    a raw key may come from KREWE_DEPLOY_DEV_KEY.
+    """
+    try:
+        key = SigningKey.from_settings(
+            role="admin",
+            keystore=options["key_file"],
+            password_file=options["key_password_file"],
+            password_env="KREWE_DEPLOY_KEY_PASSWORD",
+            dev_key_env="KREWE_DEPLOY_DEV_KEY",
+        )
+        w3 = Web3(Web3.HTTPProvider(options["rpc_url"], request_kwargs={"timeout": 60}))
+        pool = parse_krew(options["pool"]) if options["pool"] != "0" else 0
+        deployment = deploy_contracts(
+            w3,
+            partial(send_signed, w3, key=key),
+            admin=key.address,
+            orchestrator=Web3.to_checksum_address(options["orchestrator_address"]),
+            min_stake=parse_krew(options["min_stake"]),
+            max_stake=parse_krew(options["max_stake"]),
+            unbonding_delay_s=options["unbonding_delay_s"],
+            max_batch=options["max_batch"],
+            pool=pool,
+        )
+    except (KeyLoadError, MinerChainError, TransactionError, ValueError) as error:
+        _fail(error)
+    click.echo(f"# KrewToken at {deployment.token}; admin {deployment.admin}")
+    click.echo(f'rpc_url = "{options["rpc_url"]}"')
+    click.echo(f'registry_address = "{deployment.registry}"')
+    click.echo(f'distributor_address = "{deployment.distributor}"')

@@ -15,16 +15,16 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from eth_account import Account
 from web3 import Web3
-from web3.contract import Contract
 
-from krewe.contracts import load_artifact
+from krewe.deploy import KREW, Deployment, deploy_contracts
+from krewe.transactions import transact
 
 __all__ = [
     "DEV_MNEMONIC",
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KREW = 10**18  # wei per KREW
 # anvil's well-known development mnemonic: its accounts hold test ether on every anvil, and nowhere
 # else should they hold anything.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
@@ -161,70 +160,11 @@ class Anvil:
         self.stop()
 
 
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """Addresses of the three contracts and of the accounts wired into them."""
-
-    token: str
-    registry: str
-    distributor: str
-    admin: str
-    orchestrator: str
-
-    def contracts(self, w3: Web3) -> tuple[Contract, Contract, Contract]:
-        return (
-            w3.eth.contract(address=w3.to_checksum_address(self.token), abi=load_artifact("KrewToken").abi),
-            w3.eth.contract(
-                address=w3.to_checksum_address(self.registry), abi=load_artifact("WorkerRegistry").abi
-            ),
-            w3.eth.contract(
-                address=w3.to_checksum_address(self.distributor), abi=load_artifact("RewardDistributor").abi
-            ),
-        )
-
-
-def _deploy_one(w3: Web3, name: str, sender: str, *args: Any) -> str:
-    artifact = load_artifact(name)
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        factory.constructor(*args).transact({"from": sender}), timeout=30
+def deploy(w3: Web3, *, admin: str, orchestrator: str, **options: Any) -> Deployment:
+    """Deploy the contracts from an unlocked development account (see krewe.deploy)."""
+    return deploy_contracts(
+        w3, partial(transact, w3, sender=admin), admin=admin, orchestrator=orchestrator, **options
     )
-    if receipt["status"] != 1 or not receipt["contractAddress"]:
-        raise DevChainError(f"deploying {name} failed")
-    address: str = receipt["contractAddress"]
-    return address
-
-
-def transact(w3: Web3, call: Any, sender: str) -> Any:
-    """Send a contract call from an unlocked account and wait for a successful receipt."""
-    receipt = w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}), timeout=30)
-    if receipt["status"] != 1:
-        raise DevChainError(f"transaction from {sender} reverted")
-    return receipt
-
-
-def deploy(
-    w3: Web3,
-    *,
-    admin: str,
-    orchestrator: str,
-    min_stake: int = 100 * KREW,
-    max_stake: int = 1_000_000 * KREW,
-    unbonding_delay_s: int = 7 * 24 * 3600,
-    max_batch: int = 500,
-    pool: int = 1_000_000 * KREW,
-) -> Deployment:
-    """Deploy and wire the three contracts, and fund the reward pool with `pool` wei."""
-    token = _deploy_one(w3, "KrewToken", admin, admin)
-    registry = _deploy_one(w3, "WorkerRegistry", admin, admin, token, min_stake, max_stake, unbonding_delay_s)
-    distributor = _deploy_one(w3, "RewardDistributor", admin, admin, token, orchestrator, max_batch)
-    deployment = Deployment(token, registry, distributor, admin, orchestrator)
-    krew, _, rewards = deployment.contracts(w3)
-    if pool:
-        transact(w3, krew.functions.mint(admin, pool), admin)
-        transact(w3, krew.functions.approve(distributor, pool), admin)
-        transact(w3, rewards.functions.fund(pool), admin)
-    return deployment
 
 
 def stake_worker(w3: Web3, deployment: Deployment, worker: str, amount: int) -> None:

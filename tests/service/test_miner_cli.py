@@ -6,6 +6,7 @@ from click.testing import CliRunner
 from eth_account import Account
 
 from krewe.cli import main
+from krewe.contracts import load_artifact
 from krewe.devchain import KREW, dev_key, transact
 from tests.service.conftest import Chain
 
@@ -61,3 +62,29 @@ def test_register_status_claim_and_exit(chain: Chain) -> None:
         assert "is not a positive amount of KREW" in result.output
     finally:
         w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+
+
+def test_deploy_prints_settings_for_a_fresh_deployment(chain: Chain) -> None:
+    orchestrator = Account.from_key(dev_key(18)).address
+    env = {"KREWE_DEPLOY_DEV_KEY": dev_key(19)}
+    result = CliRunner().invoke(
+        main,
+        ["deploy", "--rpc-url", chain.anvil.url, "--orchestrator", orchestrator, "--pool", "50"],
+        env=env,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    settings = dict(line.split(" = ") for line in result.output.splitlines() if " = " in line)
+    w3 = chain.anvil.web3()
+    distributor = w3.eth.contract(
+        address=settings["distributor_address"].strip('"'), abi=load_artifact("RewardDistributor").abi
+    )
+    assert distributor.functions.orchestrator().call() == orchestrator
+    assert distributor.functions.unallocated().call() == 50 * KREW
+    result = CliRunner().invoke(
+        main, ["deploy", "--rpc-url", chain.anvil.url, "--orchestrator", orchestrator]
+    )
+    assert (result.exit_code, result.output.strip()) == (
+        2,
+        "krewe: no admin key: set a keystore file (or a development key variable)",
+    )

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from eth_typing import HexStr
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractCustomError, ContractLogicError
 
-from krewe.contracts import error_name, load_artifact
+from krewe.contracts import load_artifact
 from krewe.keys import SigningKey
+from krewe.transactions import send_signed
 
 __all__ = ["MinerChain", "MinerChainError", "MinerStatus", "parse_krew"]
 
@@ -114,20 +113,5 @@ class MinerChain:
         return self._send(self.registry.functions.withdraw())
 
     def _send(self, call: Any) -> str:
-        try:
-            call.estimate_gas({"from": self.key.address})
-        except (ContractCustomError, ContractLogicError) as error:
-            raise MinerChainError(f"{call.fn_name} would revert: {error_name(str(error.data))}") from None
-        transaction = call.build_transaction(
-            {
-                "from": self.key.address,
-                "nonce": self.w3.eth.get_transaction_count(self.key.address, "pending"),
-                "chainId": self.w3.eth.chain_id,
-            }
-        )
-        tx_hash, raw = self.key.sign_transaction(transaction)
-        self.w3.eth.send_raw_transaction(HexStr(raw))
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)  # type: ignore[arg-type]
-        if receipt["status"] != 1:
-            raise MinerChainError(f"{call.fn_name} reverted in transaction {tx_hash}")
-        return tx_hash
+        receipt = send_signed(self.w3, call, self.key)
+        return "0x" + bytes(receipt["transactionHash"]).hex()

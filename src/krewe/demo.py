@@ -1,0 +1,368 @@
+"""`krewe demo`: a whole local network on one machine, watched live.
+
+A local chain (anvil) with the contracts deployed and the reward pool funded; miners registered
+and staked with anvil's development keys; an orchestrator and the miners as separate processes
+(plus `liars` miners that answer wrong on purpose); real requests through the official `openai`
+SDK; verdicts as they come; then a settlement on chain, each miner's credited balance read back
+from the contract, and one claim. Every process it starts is stopped by PID when it ends.
+
+The demo's settings (a 10 s settlement window, say) are passed to the processes it starts; they
+are not the product's defaults.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import openai
+import requests
+from eth_account import Account
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from web3 import Web3
+
+from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
+from krewe.keys import SigningKey
+from krewe.miner.backends.local import MODEL_ID
+from krewe.miner.onchain import MinerChain, format_krew
+
+__all__ = ["DemoError", "DemoOptions", "run_demo"]
+
+ADMIN, ORCHESTRATOR, FIRST_MINER = 0, 1, 2
+STAKE = 100 * KREW
+SENTENCES = [
+    "Miners stake KREW and serve inference.",
+    "The orchestrator sends each request to three miners.",
+    "An answer counts only when miners agree byte for byte.",
+    "Agreeing miners are credited in the ledger.",
+    "Credits are paid on chain in batches.",
+    "A miner that lies earns nothing.",
+    "Les mineurs sont payés quand ils sont d'accord.",
+    "Los mineros cobran cuando coinciden.",
+    "矿工达成一致时获得报酬。",
+    "Каждый ответ проверяют три майнера.",
+    "Every settlement carries a replay nonce.",
+    "Consensus uses canonical JSON and SHA-256.",
+]
+
+
+class DemoError(Exception):
+    """Why the demo could not go on (printed as its last line)."""
+
+
+@dataclass
+class DemoOptions:
+    port: int = 8000
+    miners: int = 5
+    liars: int = 1
+    requests: int = 12
+    once: bool = False
+    chain_url: str | None = None  # an anvil already running; by default the demo starts its own
+    settlement_window_s: float = 10.0
+    timeout_s: float = 300.0
+
+
+@dataclass
+class MinerRow:
+    address: str
+    liar: bool
+    agreed: int = 0
+    disagreed: int = 0
+    credited: int = 0
+
+
+@dataclass
+class Demo:
+    options: DemoOptions
+    console: Console
+    workdir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    anvil: Anvil | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> str:
+        return f"{time.monotonic() - self.started:5.1f}s"
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{self.elapsed()}[/dim] {text}", soft_wrap=True)
+
+    def fact(self, text: str) -> None:
+        """A line meant to be read by programs too: never wrapped, never styled."""
+        self.console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "krewe", *args],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if self.anvil is not None:
+            self.anvil.stop()
+
+
+def wait_for(what: str, check: Any, timeout_s: float, demo: Demo) -> Any:
+    """Poll `check()` until it returns something truthy, within `timeout_s`; else DemoError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for process in demo.processes:
+            if process.poll() is not None:
+                raise DemoError(
+                    f"a process the demo started exited with {process.returncode}: see {demo.workdir}"
+                )
+        with contextlib.suppress(requests.RequestException):
+            result = check()
+            if result:
+                return result
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what} (logs in {demo.workdir})")
+        time.sleep(0.2)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> int:
+    """Run the demo; 0 on success (or Ctrl-C), 1 with the reason on the last line otherwise."""
+    console = console or Console()
+    demo = Demo(options, console, Path(tempfile.mkdtemp(prefix="krewe-demo-")))
+    try:
+        _run(demo)
+        code = 0
+    except KeyboardInterrupt:
+        console.print("stopping every process the demo started")
+        code = 0
+    except DemoError as error:
+        console.print(f"demo failed: {error}", soft_wrap=True, markup=False)
+        code = 1
+    except Exception as error:
+        console.print(
+            f"demo failed: {type(error).__name__}: {error} (logs in {demo.workdir})",
+            soft_wrap=True,
+            markup=False,
+        )
+        code = 1
+    finally:
+        demo.stop_all()
+    if code == 0:
+        shutil.rmtree(demo.workdir, ignore_errors=True)
+    return code
+
+
+def _run(demo: Demo) -> None:
+    options, console = demo.options, demo.console
+    if not port_is_free(options.port):
+        raise DemoError(f"port {options.port} is in use: pass --port with a free one")
+    if options.miners < 3:
+        raise DemoError("the demo needs at least 3 honest miners (jobs go to 3, 2 must agree)")
+    if options.chain_url:
+        rpc_url = options.chain_url
+        demo.say(f"using the chain at {rpc_url}")
+    else:
+        demo.anvil = Anvil.start(accounts=FIRST_MINER + options.miners + options.liars)
+        rpc_url = demo.anvil.url
+        demo.say(f"started a local chain (anvil) at {rpc_url}")
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    admin = Account.from_key(dev_key(ADMIN)).address
+    orchestrator_key = SigningKey.from_hex(dev_key(ORCHESTRATOR))
+    deployment = deploy(
+        w3, admin=admin, orchestrator=orchestrator_key.address, min_stake=STAKE, pool=1_000_000 * KREW
+    )
+    demo.fact(
+        f"contracts: token {deployment.token} registry {deployment.registry} "
+        f"distributor {deployment.distributor}"
+    )
+    rows = _register_miners(demo, w3, deployment, rpc_url)
+    orchestrator_url = f"http://127.0.0.1:{options.port}"
+    demo.spawn(
+        "orchestrator",
+        ["orchestrator"],
+        {
+            "KREWE_PORT": str(options.port),
+            "KREWE_RPC_URL": rpc_url,
+            "KREWE_REGISTRY_ADDRESS": deployment.registry,
+            "KREWE_DISTRIBUTOR_ADDRESS": deployment.distributor,
+            "KREWE_DEV_KEY": dev_key(ORCHESTRATOR),
+            "KREWE_SETTLEMENT_WINDOW_S": str(options.settlement_window_s),
+            "KREWE_DATA_DIR": str(demo.workdir / "data"),
+            "KREWE_HEARTBEAT_S": "5",
+        },
+    )
+    wait_for("the orchestrator", lambda: requests.get(orchestrator_url + "/healthz", timeout=2).ok, 60, demo)
+    demo.say(f"orchestrator up at {orchestrator_url}")
+    for index, row in enumerate(rows):
+        key_index = FIRST_MINER + index
+        demo.spawn(
+            f"miner-{index}",
+            ["miner", "run", "--backend", "local", *(["--tamper"] if row.liar else [])],
+            {
+                "KREWE_MINER_DEV_KEY": dev_key(key_index),
+                "KREWE_MINER_ORCHESTRATOR_URL": f"ws://127.0.0.1:{options.port}/v1/workers/connect",
+            },
+        )
+
+    def connected() -> bool:
+        return len(requests.get(orchestrator_url + "/v1/workers", timeout=2).json()["data"]) == len(rows)
+
+    wait_for("the miners to log in", connected, 120, demo)
+    demo.say(f"{len(rows)} miners connected ({options.liars} of them lying on purpose)")
+    _send_requests(demo, orchestrator_url, rows)
+    paid = _wait_for_settlement(demo, orchestrator_url)
+    _, _, distributor = deployment.contracts(w3)
+    table = Table(title="on chain after settlement")
+    for column in ("miner", "role", "agreed", "disagreed", "credited (ledger)", "credited (chain)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        on_chain = distributor.functions.credited(row.address).call()
+        table.add_row(
+            row.address,
+            "liar" if row.liar else "honest",
+            str(row.agreed),
+            str(row.disagreed),
+            format_krew(row.credited),
+            format_krew(on_chain),
+        )
+        demo.fact(f"credited {row.address} {on_chain}")
+    console.print(table)
+    claimer = rows[0]
+    chain = MinerChain(
+        rpc_url, deployment.registry, deployment.distributor, SigningKey.from_hex(dev_key(FIRST_MINER))
+    )
+    before = chain.token.functions.balanceOf(claimer.address).call()
+    chain.claim()
+    received = chain.token.functions.balanceOf(claimer.address).call() - before
+    demo.fact(f"claimed {claimer.address} {received}")
+    demo.say(
+        f"miner {claimer.address[:10]}… claimed {format_krew(received)} (batch {paid['batch']}, "
+        f"tx {paid['tx_hash']})"
+    )
+    if options.once:
+        console.print(
+            f"demo: OK, {options.requests} jobs, settlement paid at batch nonce {paid['batch_nonce']}"
+        )
+        return
+    _serve_until_interrupted(demo, orchestrator_url)
+
+
+def _register_miners(demo: Demo, w3: Any, deployment: Deployment, rpc_url: str) -> list[MinerRow]:
+    krew, _, _ = deployment.contracts(w3)
+    rows = []
+    for index in range(demo.options.miners + demo.options.liars):
+        key = SigningKey.from_hex(dev_key(FIRST_MINER + index))
+        transact(w3, krew.functions.mint(key.address, STAKE), deployment.admin)
+        MinerChain(rpc_url, deployment.registry, deployment.distributor, key).register(STAKE)
+        rows.append(MinerRow(key.address, liar=index >= demo.options.miners))
+    demo.say(f"registered {len(rows)} miners, {format_krew(STAKE)} staked each")
+    return rows
+
+
+def _send_requests(demo: Demo, orchestrator_url: str, rows: list[MinerRow]) -> None:
+    client = openai.OpenAI(base_url=orchestrator_url + "/v1", api_key="demo", max_retries=2, timeout=60)
+    by_address = {row.address: row for row in rows}
+    jobs = Table(title=f"jobs ({MODEL_ID} embeddings, 3 miners each, 2 must agree)")
+    for column in ("#", "input", "verdict", "agreed", "digest"):
+        jobs.add_column(column)
+    first_verdict = None
+    with Live(jobs, console=demo.console, refresh_per_second=8):
+        for number in range(demo.options.requests):
+            text = SENTENCES[number % len(SENTENCES)]
+            response = client.embeddings.create(model=MODEL_ID, input=text, encoding_format="float")
+            info = (response.model_extra or {})["krewe"]
+            first_verdict = first_verdict or demo.elapsed()
+            job_id = info["job_id"]
+            record = wait_for("the job record", partial(_final_record, orchestrator_url, job_id), 60, demo)
+            for answer in record["workers"]:
+                row = by_address.get(answer["worker"])
+                if row is None:
+                    continue
+                if answer["worker"] in record["agreeing"]:
+                    row.agreed += 1
+                    row.credited += int(record["credits"].get(row.address, "0"))
+                elif answer["answer"] == "result":
+                    row.disagreed += 1
+            jobs.add_row(
+                str(number + 1),
+                text,
+                info["verdict"],
+                f"{info['agreeing']}/{info['replicas']}",
+                info["digest"][:12],
+            )
+    demo.console.print()
+    demo.say(f"first verdict at {first_verdict}; {demo.options.requests} jobs done")
+
+
+def _final_record(orchestrator_url: str, job_id: str) -> dict[str, Any] | None:
+    response = requests.get(f"{orchestrator_url}/v1/jobs/{job_id}", timeout=5)
+    record: dict[str, Any] = response.json()
+    return record if response.ok and record.get("final") else None
+
+
+def _wait_for_settlement(demo: Demo, orchestrator_url: str) -> dict[str, Any]:
+    def paid() -> dict[str, Any] | None:
+        recent = requests.get(orchestrator_url + "/v1/settlements", timeout=5).json()["recent"]
+        return next((item for item in recent if item["outcome"] == "paid"), None)
+
+    demo.say(f"waiting for the next settlement (every {demo.options.settlement_window_s:g} s)")
+    settled: dict[str, Any] = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
+    demo.say(
+        f"settlement paid: batch nonce {settled['batch_nonce']}, {settled['workers']} miners, "
+        f"{format_krew(int(settled['total']))}"
+    )
+    return settled
+
+
+def _serve_until_interrupted(demo: Demo, orchestrator_url: str) -> None:
+    demo.console.print(f"""
+The network keeps running. Try it:
+
+  curl -s {orchestrator_url}/v1/embeddings -H 'Content-Type: application/json' \\
+       -d '{{"model": "{MODEL_ID}", "input": "hello"}}'
+
+  python -c "import openai; c = openai.OpenAI(base_url='{orchestrator_url}/v1', api_key='x'); \\
+print(c.embeddings.create(model='{MODEL_ID}', input='hello').model_extra['krewe'])"
+
+Ledger:  {orchestrator_url}/v1/ledger
+Miners:  {orchestrator_url}/v1/workers
+Metrics: {orchestrator_url}/metrics
+Press Ctrl-C to stop every process the demo started.""")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        for process in demo.processes:
+            if process.poll() is not None:
+                raise DemoError(f"a process exited with {process.returncode}: see {demo.workdir}")
+        stop.wait(1.0)
