@@ -46,9 +46,7 @@ unit: $(STAMP)/python-deps $(STAMP)/node-deps
 	$(BIN)/pytest
 
 bench: $(STAMP)/python-deps $(STAMP)/node-deps
-	$(BIN)/python -m bench.canonical
-	$(BIN)/python -m bench.ledger
-	$(BIN)/python -m bench.gas
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMP) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

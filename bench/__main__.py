@@ -1,0 +1,252 @@
+"""Every benchmark in one run, one table, and optionally one JSON file.
+
+    python -m bench [--quick] [--json PATH]
+
+Each part starts what it measures as real processes on 127.0.0.1 (anvil, the orchestrator, the
+miners, the load generator) and stops them by PID. `--quick` is a smoke run of a few minutes at
+most, with smaller counts and shorter phases; its numbers are not the targets' measurements.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from contextlib import ExitStack
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from bench import canonical, gas, ledger
+from bench.network import Process, chain, orchestrator, python
+from krewe.devchain import free_port
+
+TARGETS = {
+    "max_jobs_per_s": 5000,
+    "krewe_over_baseline": 0.75,
+    "added_p50_ms": 1.0,
+    "added_p99_ms": 5.0,
+    "rss_bytes_per_conn": 20_000,
+    "heartbeat_cpu_pct": 5.0,
+    "first_credit": 25_000,
+    "repeat_credit": 7_000,
+    "max_recipients_per_tx": 500,
+}
+
+
+def load(url: str, *args: str) -> dict[str, Any]:
+    process = Process(python("bench.load", "--url", url, *args))
+    try:
+        result: dict[str, Any] = json.loads(process.read_line(timeout_s=600))
+        return result
+    finally:
+        process.stop()
+
+
+def start_miners(
+    url: str, count: int, *, protocol: str = "krewe", idle: bool = False, per_process: int = 2500
+) -> list[Process]:
+    processes = []
+    for first in range(0, count, per_process):
+        size = min(per_process, count - first)
+        args = ["--url", url, "--first", str(first), "--count", str(size), "--protocol", protocol]
+        processes.append(Process(python("bench.miners", *args, *(["--idle"] if idle else []))))
+    for process in processes:
+        line = process.read_line(timeout_s=900)
+        if not line.startswith("ready"):
+            raise RuntimeError(f"bench miners said {line!r}")
+    return processes
+
+
+def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
+    miners = 30 if quick else 300
+    seconds = "2" if quick else "10"
+    rates = (200, 500) if quick else (500, 2000, 5000)
+    clients = "32" if quick else "128"
+    measured: dict[str, Any] = {"krewe": {}, "baseline": {}}
+    with chain(miners) as (anvil, deployment), ExitStack() as stack:
+        process, url = stack.enter_context(
+            orchestrator(anvil, deployment, workdir, rate_limit_per_s=10**9, rate_limit_burst=10**9)
+        )
+        for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", miners):
+            stack.callback(miner.stop)
+        measured["krewe"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
+        measured["krewe"]["open"] = [load(url, "--rate", str(rate), "--seconds", seconds) for rate in rates]
+        process.stop()
+    with ExitStack() as stack:
+        port = free_port()
+        baseline = Process(python("bench.baseline", "--port", str(port)))
+        stack.callback(baseline.stop)
+        baseline.read_line(timeout_s=60)
+        for miner in start_miners(f"ws://127.0.0.1:{port}/ws", miners, protocol="bare"):
+            stack.callback(miner.stop)
+        url = f"http://127.0.0.1:{port}"
+        measured["baseline"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
+        measured["baseline"]["open"] = [
+            load(url, "--rate", str(rate), "--seconds", seconds) for rate in rates
+        ]
+    latency = []
+    for ours, theirs in zip(measured["krewe"]["open"], measured["baseline"]["open"], strict=True):
+        latency.append(
+            {
+                "offered_jobs_per_s": ours["offered_jobs_per_s"],
+                "jobs_per_s": ours["jobs_per_s"],
+                "p50_ms": ours["p50_ms"],
+                "p99_ms": ours["p99_ms"],
+                "p999_ms": ours["p999_ms"],
+                "errors": ours["errors"],
+                "baseline_p50_ms": theirs["p50_ms"],
+                "baseline_p99_ms": theirs["p99_ms"],
+                "added_p50_ms": _minus(ours["p50_ms"], theirs["p50_ms"]),
+                "added_p99_ms": _minus(ours["p99_ms"], theirs["p99_ms"]),
+            }
+        )
+    ours, theirs = measured["krewe"]["closed"], measured["baseline"]["closed"]
+    return {
+        "throughput": {
+            "max_jobs_per_s": ours["jobs_per_s"],
+            "baseline_max_jobs_per_s": theirs["jobs_per_s"],
+            "krewe_over_baseline": round(ours["jobs_per_s"] / theirs["jobs_per_s"], 3)
+            if theirs["jobs_per_s"]
+            else None,
+            "p50_ms": ours["p50_ms"],
+            "p99_ms": ours["p99_ms"],
+            "errors": ours["errors"],
+            "miners": miners,
+            "clients": int(clients),
+            "seconds": float(seconds),
+        },
+        "latency": latency,
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def connected_miners(url: str) -> int:
+    text = requests.get(url + "/metrics", timeout=30).text
+    found = re.search(r"^krewe_miners_connected (\S+)$", text, re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+def idle_connections(quick: bool, workdir: Path) -> dict[str, Any]:
+    count = 500 if quick else 10_000
+    window_s = 5.0 if quick else 30.0
+    with chain(count) as (anvil, deployment), orchestrator(anvil, deployment, workdir) as (process, url):
+        time.sleep(1.0)  # let start-up allocations settle before the first reading
+        before = process.rss_bytes()
+        with ExitStack() as stack:
+            for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", count, idle=True):
+                stack.callback(miner.stop)
+            if connected_miners(url) != count:
+                raise RuntimeError(f"{connected_miners(url)} of {count} idle miners are connected")
+            after = process.rss_bytes()
+            cpu_before, wall_before = process.cpu_seconds(), time.monotonic()
+            time.sleep(window_s)  # the measurement window: idle sessions, heartbeats only
+            cpu = process.cpu_seconds() - cpu_before
+            wall = time.monotonic() - wall_before
+    return {
+        "idle_miners": count,
+        "rss_bytes_before": before,
+        "rss_bytes_after": after,
+        "rss_bytes_per_conn": round((after - before) / count),
+        "heartbeat_cpu_pct": round(100 * cpu / wall, 2),
+        "window_s": round(wall, 1),
+        "heartbeat_s": 10.0,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="krewe-bench-") as name:
+        workdir = Path(name)
+        started = time.monotonic()
+        report: dict[str, Any] = {
+            "machine": {
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+            },
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "versions": {name: version(name) for name in ("krewe", "aiohttp", "uvloop", "web3", "orjson")},
+            "quick": quick,
+        }
+        report |= throughput_and_latency(quick, workdir)
+        report["connections"] = idle_connections(quick, workdir)
+        report["canonical"] = canonical.measure()
+        report["ledger"] = ledger.measure(quick=quick)
+        report["gas"] = gas.measure()
+        report["seconds"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def table(report: dict[str, Any]) -> Table:
+    rows = Table(
+        title=f"krewe benchmarks ({'quick smoke run' if report['quick'] else 'full'}, {report['date']})"
+    )
+    for column in ("measure", "value", "target"):
+        rows.add_column(column, justify="right" if column != "measure" else "left")
+    t, c, g = report["throughput"], report["connections"], report["gas"]
+    rows.add_row(
+        "max jobs/s (closed loop, 3 replicas)",
+        f"{t['max_jobs_per_s']:,.0f}",
+        f"≥ {TARGETS['max_jobs_per_s']:,}",
+    )
+    rows.add_row("bare fan-out baseline jobs/s", f"{t['baseline_max_jobs_per_s']:,.0f}", "")
+    rows.add_row("krewe ÷ baseline", f"{t['krewe_over_baseline']}", f"≥ {TARGETS['krewe_over_baseline']}")
+    for row in report["latency"]:
+        rows.add_row(
+            f"at {row['offered_jobs_per_s']:,} jobs/s offered: served/s, p50/p99/p99.9 ms",
+            f"{row['jobs_per_s']:,.0f}, {row['p50_ms']}/{row['p99_ms']}/{row['p999_ms']}",
+            "",
+        )
+        rows.add_row(
+            f"  added p50 / p99 ms (vs baseline {row['baseline_p50_ms']}/{row['baseline_p99_ms']})",
+            f"{row['added_p50_ms']} / {row['added_p99_ms']}",
+            "≤ 1 / ≤ 5 at 2,000",
+        )
+    rows.add_row(
+        f"RSS per idle miner ({c['idle_miners']:,} connected)", f"{c['rss_bytes_per_conn']:,} B", "≤ 20,000 B"
+    )
+    rows.add_row(f"heartbeat CPU ({c['window_s']} s window)", f"{c['heartbeat_cpu_pct']} %", "≤ 5 %")
+    for item in report["canonical"]:
+        rows.add_row(
+            f"digest, {item['output']} output ({item['bytes']:,} B)",
+            f"{item['digest_us']:.1f} µs",
+            "≤ 20 µs" if item["output"] == "chat" else "",
+        )
+        rows.add_row(f"parse_strict, {item['output']} output", f"{item['parse_strict_us']:.1f} µs", "")
+    for item in report["ledger"]:
+        if "credits_per_s" in item:
+            rows.add_row(
+                f"ledger credits/s, {item['group']} per commit",
+                f"{item['credits_per_s']:,.0f}",
+                "≥ 50,000" if item["group"] != 1 else "",
+            )
+    rows.add_row("gas per first credit (batch of 500)", f"{g['first_credit']:,.0f}", "≤ 25,000")
+    rows.add_row("gas per repeat credit (batch of 500)", f"{g['repeat_credit']:,.0f}", "≤ 7,000")
+    rows.add_row("recipients per 16.7M-gas transaction", f"{g['max_recipients_per_tx']:,}", "≥ 500")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small counts, short phases")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    args = parser.parse_args()
+    report = run(args.quick)
+    Console().print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Benchmark miners in one process: many WebSocket clients that answer every job at once with the
+same canned output (a scripted backend, not a product part), or stay idle.
+
+    python -m bench.miners --url ws://… --first 0 --count 300 --protocol krewe|bare [--idle]
+
+Prints "ready N" once N miners are connected (and, for krewe, logged in); runs until SIGTERM.
+"""
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+
+from bench.network import miner_key
+from krewe.keys import SigningKey
+
+OUTPUT = {
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "krewe answers"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+}
+OUTPUT_JSON = orjson.dumps(OUTPUT).decode()
+
+
+async def miner(
+    http: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    index: int,
+    ready: asyncio.Queue[int],
+    limit: asyncio.Semaphore,
+) -> None:
+    protocol, idle = args.protocol, args.idle
+    async with limit:
+        ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
+        if protocol == "krewe":
+            key = SigningKey.from_hex(miner_key(index))
+            challenge = await ws.receive_json(timeout=60)
+            await ws.send_str(
+                orjson.dumps(
+                    {
+                        "type": "auth",
+                        "address": key.address,
+                        "signature": key.sign_message(challenge["message"]),
+                        "models": ["bench-model"],
+                        "max_concurrency": 256,
+                        "agent": "bench/1",
+                    }
+                ).decode()
+            )
+            welcome = await ws.receive_json(timeout=60)
+            if welcome.get("type") != "welcome":
+                raise RuntimeError(f"login refused: {welcome}")
+    await ready.put(index)
+    async for message in ws:
+        if message.type is not aiohttp.WSMsgType.TEXT or idle:
+            continue
+        if protocol == "bare":  # the baseline's frames: {"id": …}
+            job_id = orjson.loads(message.data)["id"]
+            await ws.send_str(f'{{"id":"{job_id}","output":{OUTPUT_JSON}}}')
+            continue
+        frame: dict[str, Any] = orjson.loads(message.data)
+        if frame["type"] == "job":
+            await ws.send_str(f'{{"type":"result","job_id":"{frame["job_id"]}","output":{OUTPUT_JSON}}}')
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--protocol", choices=("krewe", "bare"), default="krewe")
+    parser.add_argument("--idle", action="store_true")
+    args = parser.parse_args()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    ready: asyncio.Queue[int] = asyncio.Queue()
+    limit = asyncio.Semaphore(100)  # logins in flight at once
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        tasks = [
+            asyncio.ensure_future(miner(http, args, args.first + i, ready, limit)) for i in range(args.count)
+        ]
+        for _ in range(args.count):
+            getter = asyncio.ensure_future(ready.get())
+            done, _ = await asyncio.wait(
+                {getter, *[t for t in tasks if t.done() and t.exception()]},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            failed = [t for t in done if t is not getter]
+            if failed:
+                raise RuntimeError(f"a miner failed: {failed[0].exception()}")
+        print(f"ready {args.count}", flush=True)
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+
+
+if __name__ == "__main__":
+    uvloop.run(main())

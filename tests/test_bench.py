@@ -1,0 +1,33 @@
+"""`python -m bench --quick` completes and writes well-formed JSON (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
+    report_path = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert {"machine", "date", "versions"} <= set(report)
+    assert report["throughput"]["max_jobs_per_s"] > 0 and report["throughput"]["baseline_max_jobs_per_s"] > 0
+    for row in report["latency"]:
+        assert {
+            "offered_jobs_per_s",
+            "jobs_per_s",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "added_p50_ms",
+            "added_p99_ms",
+        } <= set(row)
+    assert {"idle_miners", "rss_bytes_per_conn", "heartbeat_cpu_pct"} <= set(report["connections"])
+    assert {"first_credit", "repeat_credit", "max_recipients_per_tx"} <= set(report["gas"])
