@@ -24,7 +24,6 @@ from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import Decision, JobError, JobRouter
-from krewe.orchestrator.scoring import PeerScore
 from krewe.orchestrator.workers import WorkerManager
 
 __all__ = ["ApiError", "Services", "build_app"]
@@ -359,10 +358,9 @@ class _Handlers:
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
         workers = self.s.workers
-        prior = PeerScore.new(workers.scoring)
         rows = []
         for session in workers.sessions.values():
-            score = workers.scores.get(session.address, prior)
+            score = workers.score(session.address)
             rows.append(
                 {
                     "worker": session.address,

@@ -29,7 +29,7 @@ from krewe.orchestrator.consensus import Ack, Outcome, Round, Verdict
 from krewe.orchestrator.ledger import Credit
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.records import JobStore
-from krewe.orchestrator.scoring import JobOutcome, PeerScore, update_score
+from krewe.orchestrator.scoring import JobOutcome, update_score
 from krewe.orchestrator.selection import select_replicas
 from krewe.orchestrator.workers import Session, WorkerManager
 from krewe.protocol.canonical import CanonicalError, digest, parse_strict
@@ -41,6 +41,20 @@ __all__ = ["Decision", "JobError", "JobRouter"]
 log = logging.getLogger(__name__)
 
 MAX_REPLICAS = 16
+
+
+class JobIds:
+    """Unguessable job ids (96 random bits) without a system call per job."""
+
+    def __init__(self, per_refill: int = 4096) -> None:
+        self._per_refill = per_refill
+        self._pool: list[str] = []
+
+    def next(self) -> str:
+        if not self._pool:
+            entropy = secrets.token_bytes(12 * self._per_refill).hex()
+            self._pool = [entropy[i : i + 24] for i in range(0, len(entropy), 24)]
+        return self._pool.pop()
 
 
 class JobError(Exception):
@@ -101,6 +115,7 @@ class JobRouter:
         self._rng = rng
         self._clock = clock
         self.jobs: dict[str, _Job] = {}
+        self._ids = JobIds()
         self._tasks: set[asyncio.Task[None]] = set()
         workers.events = self
 
@@ -132,7 +147,7 @@ class JobRouter:
             raise JobError(
                 400, "invalid_timeout", f"timeout_ms must be between 1 and {limit}, not {timeout_ms}"
             )
-        if not any(model in session.models for session in self._workers.sessions.values()):
+        if not self._workers.serves(model):
             raise JobError(404, "model_not_found", f"no connected miner serves the model {model!r}")
         selection = select_replicas(
             self._workers.candidates(), model, replicas, rng=self._rng, tail=min(settings.tail, replicas)
@@ -144,7 +159,7 @@ class JobRouter:
         now = self._clock()
         loop = asyncio.get_running_loop()
         job = _Job(
-            id=secrets.token_hex(12),
+            id=self._ids.next(),
             model=model,
             task=task,
             input=job_input,
@@ -182,7 +197,6 @@ class JobRouter:
                 "deadline_ms": remaining_ms,
             }
         )
-        sends = []
         for worker in workers:
             session = self._workers.sessions.get(worker)
             if session is None:
@@ -192,12 +206,10 @@ class JobRouter:
             session.jobs.add(job.id)
             job.sessions[worker] = session
             job.sent_at[worker] = self._clock()
-            sends.append((session, session.send(frame)))
-        for (session, _), delivered in zip(
-            sends, await asyncio.gather(*(send for _, send in sends)), strict=True
-        ):
-            if not delivered and not job.finished:
-                self._answer(job, session.address, JobOutcome.TIMEOUT, job.round.timeout(session.address))
+            # one after another: a send rarely waits (only when the socket's buffer is full), and a
+            # task per send would cost more than it saves
+            if not await session.send(frame) and not job.finished:
+                self._answer(job, worker, JobOutcome.TIMEOUT, job.round.timeout(worker))
         self._advance(job)
 
     # Events from sessions.
@@ -372,9 +384,8 @@ class JobRouter:
         config = self._workers.scoring
         for worker, outcome in outcomes.items():
             latency = job.answers.get(worker, {}).get("latency_ms")
-            before = self._workers.scores.get(worker) or PeerScore.new(config)
-            after = update_score(before, outcome, latency, config)
-            self._workers.scores[worker] = after
+            after = update_score(self._workers.score(worker), outcome, latency, config)
+            self._workers.set_score(worker, after)
             self._metrics.scores.observe(after.quality)
 
     def _record(self, job: _Job, verdict: Verdict, credits: dict[str, int]) -> dict[str, Any]:

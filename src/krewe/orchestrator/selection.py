@@ -13,20 +13,39 @@ Pure: the caller passes the random generator (seeded in tests, so draws can be a
 import random
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Candidate", "Selection", "select_replicas"]
+__all__ = ["Candidate", "Eligible", "Selection", "select_replicas"]
 
 
-@dataclass(frozen=True, slots=True)
+class Eligible(Protocol):
+    """What selection reads of a worker (a live session is one)."""
+
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def rank(self) -> float: ...
+
+    @property
+    def models(self) -> frozenset[str]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+
+@dataclass(slots=True)
 class Candidate:
+    """A worker as selection sees it, for callers that hold no live session."""
+
     worker: str
     rank: float
     models: frozenset[str]
     in_flight: int
     max_concurrency: int
-
-    def eligible_for(self, model: str) -> bool:
-        return model in self.models and self.in_flight < self.max_concurrency
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +55,7 @@ class Selection:
 
 
 def select_replicas(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[Eligible],
     model: str,
     replicas: int,
     *,
@@ -48,7 +67,11 @@ def select_replicas(
         raise ValueError(f"replicas must be at least 1, not {replicas}")
     if not 0 <= tail <= replicas:
         raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
-    eligible = [c for c in candidates if c.worker not in exclude and c.eligible_for(model)]
+    eligible = [
+        c
+        for c in candidates
+        if model in c.models and c.in_flight < c.max_concurrency and c.worker not in exclude
+    ]
     eligible.sort(key=lambda c: (-c.rank, c.worker))
     if len(eligible) <= replicas:
         return Selection(tuple(c.worker for c in eligible), replicas - len(eligible))

@@ -14,10 +14,11 @@ count as no-response (the router is told).
 """
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -27,7 +28,6 @@ from aiohttp import WSMsgType, web
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.scoring import PeerScore, ScoringConfig
-from krewe.orchestrator.selection import Candidate
 from krewe.protocol.login import challenge_text, recover_signer, rfc3339
 from krewe.protocol.messages import (
     Auth,
@@ -72,9 +72,14 @@ class Session:
     agent: str
     connected_at: float
     last_seen: float
+    rank: float = 0.0  # the peer score's rank, kept current by WorkerManager.set_score
     in_flight: int = 0
     violations: int = 0
     jobs: set[str] = field(default_factory=set)
+
+    @property
+    def worker(self) -> str:
+        return self.address
 
     async def send(self, frame: str) -> bool:
         """Send a frame; False if the connection is already gone."""
@@ -105,26 +110,41 @@ class WorkerManager:
         self.scoring = scoring or ScoringConfig()
         self._clock = clock
         self.sessions: dict[str, Session] = {}
+        self._serving: collections.Counter[str] = collections.Counter()  # model -> sessions serving it
         self.scores: dict[str, PeerScore] = {}
         self.events: JobEvents | None = None
         self._connections: set[web.WebSocketResponse] = set()
         self.accepting = True
 
-    def candidates(self) -> list[Candidate]:
-        prior = PeerScore.new(self.scoring)
-        return [
-            Candidate(
-                session.address,
-                self.scores.get(session.address, prior).rank(self.scoring),
-                session.models,
-                session.in_flight,
-                session.max_concurrency,
-            )
-            for session in self.sessions.values()
-        ]
+    def candidates(self) -> Iterable[Session]:
+        return self.sessions.values()
+
+    def score(self, worker: str) -> PeerScore:
+        return self.scores.get(worker) or PeerScore.new(self.scoring)
+
+    def set_score(self, worker: str, score: PeerScore) -> None:
+        self.scores[worker] = score
+        session = self.sessions.get(worker)
+        if session is not None:
+            session.rank = score.rank(self.scoring)
 
     def models(self) -> list[str]:
-        return sorted({model for session in self.sessions.values() for model in session.models})
+        return sorted(model for model, count in self._serving.items() if count)
+
+    def serves(self, model: str) -> bool:
+        """Whether any connected miner serves `model`."""
+        return self._serving[model] > 0
+
+    def _add(self, session: Session) -> None:
+        self.sessions[session.address] = session
+        self._serving.update(session.models)
+        self._metrics.miners.set(len(self.sessions))
+
+    def _remove(self, session: Session) -> None:
+        if self.sessions.get(session.address) is session:
+            del self.sessions[session.address]
+            self._serving.subtract(session.models)
+            self._metrics.miners.set(len(self.sessions))
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """GET /v1/workers/connect."""
@@ -202,14 +222,16 @@ class WorkerManager:
         session = Session(
             secrets.token_hex(8), signer, ws, models, auth.max_concurrency, auth.agent, now, now
         )
+        session.rank = self.score(signer).rank(self.scoring)
         previous = self.sessions.get(signer)
-        self.sessions[signer] = session
+        if previous is not None:
+            self._remove(previous)
+        self._add(session)
         if previous is not None:
             await self._close(
                 previous, CloseCode.SUPERSEDED, ErrorCode.SUPERSEDED, "logged in again elsewhere"
             )
         self._metrics.logins.labels("ok").inc()
-        self._metrics.miners.set(len(self.sessions))
         welcome = {
             "type": "welcome",
             "worker": signer,
@@ -241,9 +263,7 @@ class WorkerManager:
                 if ws.closed:
                     break
         finally:
-            if self.sessions.get(session.address) is session:
-                del self.sessions[session.address]
-                self._metrics.miners.set(len(self.sessions))
+            self._remove(session)
             if self.events is not None:
                 self.events.on_session_closed(session)
 
@@ -267,8 +287,13 @@ class WorkerManager:
             if problem:
                 await self.violation(session, problem)
             else:
+                current = self.sessions.get(session.address) is session
+                if current:
+                    self._serving.subtract(session.models)
                 session.models = frozenset(message.models)
                 session.max_concurrency = message.max_concurrency
+                if current:
+                    self._serving.update(session.models)
         else:
             await self.violation(session, "already logged in")
 

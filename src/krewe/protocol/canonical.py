@@ -206,7 +206,7 @@ def _encode(value: Any, depth: int, parts: list[str]) -> None:
 
 
 def _all_floats(items: list[Any] | tuple[Any, ...]) -> bool:
-    return set(map(type, items)) == {float}
+    return bool(items) and type(items[0]) is float and set(map(type, items)) == {float}
 
 
 def _encode_floats(numbers: list[float] | tuple[float, ...]) -> str:
