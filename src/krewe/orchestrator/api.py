@@ -218,64 +218,51 @@ class _Handlers:
             ("GET", "/openapi.json", self.openapi),
         ]
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _generate(
+        self, request: web.Request, task: str, prompt: str, kind: type | tuple[type, ...], what: str
+    ) -> tuple[Decision, str, bool, list[Any], dict[str, Any]]:
+        """What chat and completions share: validate, run the job, read the agreed choices and usage."""
         body = await read_json(request)
         model = require(body, "model", str, "a model id")
-        require(body, "messages", list, "a list of messages")
+        require(body, prompt, kind, what)
         if optional_int(body, "n") not in (None, 1):
-            raise ApiError(
-                400, "unsupported_n", "only n=1 is supported: every answer is agreed by several miners"
-            )
-        stream = body.get("stream") is True
+            message = "only n=1 is supported: every answer is agreed by several miners"
+            raise ApiError(400, "unsupported_n", message)
         job_input = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "user", "n")}
-        decision = await self.s.router.submit(model, "chat", job_input)
+        decision = await self.s.router.submit(model, task, job_input)
         choices = _output_field(decision.output, "choices", decision)
         usage = dict(_output_field(decision.output, "usage", decision))
         usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        return decision, model, body.get("stream") is True, choices, usage
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI chat completions, agreed by several miners."""
+        decision, model, stream, choices, usage = await self._generate(
+            request, "chat", "messages", list, "a list of messages"
+        )
         head = {"id": f"chatcmpl-{decision.record['job_id']}", "created": int(time.time()), "model": model}
         if not stream:
             response = {**head, "object": "chat.completion", "choices": choices, "usage": usage}
             return json_response({**response, "krewe": krewe_info(decision)})
         chunks = []
         for choice in choices:
+            index = choice.get("index", 0)
             delta = {"role": "assistant", "content": choice.get("message", {}).get("content", "")}
-            chunks.append(
-                {
-                    **head,
-                    "object": "chat.completion.chunk",
-                    "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": None}],
-                }
-            )
-            chunks.append(
-                {
-                    **head,
-                    "object": "chat.completion.chunk",
-                    "choices": [
-                        {
-                            "index": choice.get("index", 0),
-                            "delta": {},
-                            "finish_reason": choice.get("finish_reason"),
-                        }
-                    ],
-                }
-            )
+            for piece in (
+                {"delta": delta, "finish_reason": None},
+                {"delta": {}, "finish_reason": choice.get("finish_reason")},
+            ):
+                chunks.append(
+                    {**head, "object": "chat.completion.chunk", "choices": [{"index": index, **piece}]}
+                )
         chunks[-1] |= {"usage": usage, "krewe": krewe_info(decision)}
         return await self._stream(request, chunks)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request)
-        model = require(body, "model", str, "a model id")
-        require(body, "prompt", (str, list), "a string or a list")
-        if optional_int(body, "n") not in (None, 1):
-            raise ApiError(
-                400, "unsupported_n", "only n=1 is supported: every answer is agreed by several miners"
-            )
-        stream = body.get("stream") is True
-        job_input = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "user", "n")}
-        decision = await self.s.router.submit(model, "completion", job_input)
-        choices = _output_field(decision.output, "choices", decision)
-        usage = dict(_output_field(decision.output, "usage", decision))
-        usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        """OpenAI (legacy) completions, agreed by several miners."""
+        decision, model, stream, choices, usage = await self._generate(
+            request, "completion", "prompt", (str, list), "a string or a list"
+        )
         head = {
             "id": f"cmpl-{decision.record['job_id']}",
             "object": "text_completion",
@@ -300,6 +287,7 @@ class _Handlers:
         return response
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI embeddings, agreed by several miners."""
         body = await read_json(request)
         model = require(body, "model", str, "a model id")
         require(body, "input", (str, list), "a string or a list")
@@ -322,12 +310,14 @@ class _Handlers:
         )
 
     async def models(self, request: web.Request) -> web.StreamResponse:
+        """The models that connected miners serve."""
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": "krewe"} for m in self.s.workers.models()
         ]
         return json_response({"object": "list", "data": data})
 
     async def create_job(self, request: web.Request) -> web.StreamResponse:
+        """Run a native job; returns its verdict record."""
         body = await read_json(request)
         model = require(body, "model", str, "a model id")
         task = require(body, "task", str, "one of chat, completion, embedding")
@@ -348,6 +338,7 @@ class _Handlers:
         return json_response(decision.record)
 
     async def get_job(self, request: web.Request) -> web.StreamResponse:
+        """A job's verdict record."""
         job_id = request.match_info["job_id"]
         record = await self.s.records.get(job_id)
         if record is None:
@@ -357,6 +348,7 @@ class _Handlers:
         return json_response(record)
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
+        """Connected miners, their scores and load."""
         workers = self.s.workers
         rows = []
         for session in workers.sessions.values():
@@ -377,6 +369,7 @@ class _Handlers:
         return json_response({"object": "list", "data": sorted(rows, key=lambda row: row["worker"])})
 
     async def ledger(self, request: web.Request) -> web.StreamResponse:
+        """Credited, paid, pending and in-flight wei."""
         totals = await self.s.ledger.totals()
         pending = await self.s.ledger.pending()
         return json_response(
@@ -390,6 +383,7 @@ class _Handlers:
         )
 
     async def settlements(self, request: web.Request) -> web.StreamResponse:
+        """Recent settlement batches and the open ones."""
         open_batches = [
             {
                 "batch": b.id,
@@ -402,21 +396,25 @@ class _Handlers:
         return json_response({"recent": list(self.s.settlements), "open": open_batches})
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Liveness."""
         return json_response({"status": "ok", "version": __version__})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Readiness: the chain answers and the ledger is open."""
         checks = await self.s.ready()
         return json_response(
             {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503
         )
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        """Prometheus metrics."""
         totals = await self.s.ledger.totals()
         self.s.metrics.pending_wei.set(totals.pending + totals.in_flight)
         body = generate_latest(self.s.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
+        """This OpenAPI document."""
         return json_response(openapi_document(self.routes()))
 
 
