@@ -57,13 +57,17 @@ class Net:
 @contextmanager
 def network(tmp_path: Path, pool: int = 1_000 * KREW, state: bool = False) -> Iterator[Net]:
     anvil = Anvil.start(accounts=4, state=tmp_path / "chain.json" if state else None)
+    net = None
     try:
         w3 = anvil.web3()
         key = SigningKey.from_hex(dev_key(ORCHESTRATOR))
         deployment = deploy(w3, admin=anvil.accounts[0], orchestrator=key.address, pool=pool)
-        yield Net(anvil, w3, deployment, key, tmp_path)
+        net = Net(anvil, w3, deployment, key, tmp_path)
+        yield net
     finally:
         anvil.stop()
+        if net is not None:
+            net.anvil.stop()  # a test may have restarted the chain
 
 
 def settle(net: Net, ledger: RewardLedger, **options: Any) -> list[Any]:

@@ -107,7 +107,7 @@ async def make_harness(chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyP
     for harness in started:
         for miner in harness.miners:
             await miner.__aexit__()
-        if not harness.orchestrator._stop.is_set():
+        if not harness.orchestrator.stopped:
             await harness.orchestrator.stop()
 
 

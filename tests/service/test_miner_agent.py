@@ -114,7 +114,7 @@ async def test_reconnects_back_off_exponentially_with_jitter_then_reset(make_har
         harness = await make_harness(port=port)
         await until(agent.connected.is_set, what="the agent to log in")
         attempts = len(agent.stats.delays)
-        session = harness.orchestrator.workers.sessions[agent._key.address]
+        session = harness.orchestrator.workers.sessions[agent.address]
         await session.ws.close()
         await until(lambda: len(agent.stats.delays) > attempts, what="a reconnect")
         assert agent.stats.delays[attempts] <= 0.05  # back to the first delay after a healthy session

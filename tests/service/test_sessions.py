@@ -79,7 +79,7 @@ async def _connect_signing_with(miner: Any, key: str) -> dict[str, Any]:
 async def test_no_auth_in_time_closes_with_4408(make_harness: Any) -> None:
     harness = await make_harness(auth_timeout_s=0.3)
     miner = await harness.miner(0).__aenter__()
-    miner.ws = await miner._session.ws_connect(harness.connect_url)
+    miner.ws = await miner.http.ws_connect(harness.connect_url)
     await miner.ws.receive_json(timeout=5)  # the challenge, left unanswered until it expires
     error = await miner.ws.receive_json(timeout=5)
     assert error == {"type": "error", "code": "auth_timeout", "message": "no auth within 0.3 s"}

@@ -69,12 +69,12 @@ class ScriptedMiner:
     close_code: int | None = None
 
     async def __aenter__(self) -> "ScriptedMiner":
-        self._session = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-        session = getattr(self, "_session", None)
+        session = getattr(self, "http", None)
         if session is not None:
             await session.close()
 
@@ -82,7 +82,7 @@ class ScriptedMiner:
         self, *, signature: str | None = None, address: str | None = None, auth: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Log in; returns the welcome or the error message. The keyword arguments forge the login."""
-        self.ws = await self._session.ws_connect(self.url, autoping=self.autopong, max_msg_size=0)
+        self.ws = await self.http.ws_connect(self.url, autoping=self.autopong, max_msg_size=0)
         challenge = await self.ws.receive_json(timeout=10)
         self.challenge = challenge
         if auth is None:

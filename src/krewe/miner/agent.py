@@ -66,6 +66,10 @@ class MinerAgent:
         self.connected = asyncio.Event()
         self._welcomed_at: float | None = None  # when the current session was welcomed
 
+    @property
+    def address(self) -> str:
+        return self._key.address
+
     def stop(self) -> None:
         self._stop.set()
 

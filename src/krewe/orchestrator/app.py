@@ -47,6 +47,10 @@ class Orchestrator:
         self._stop = asyncio.Event()
         self.port = settings.port
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     async def start(self) -> None:
         settings = self.settings
         for name in ("registry_address", "distributor_address"):
