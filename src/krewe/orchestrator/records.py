@@ -6,6 +6,7 @@ record not yet written is served from memory.
 """
 
 import asyncio
+import logging
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,8 @@ from typing import Any
 import orjson
 
 __all__ = ["JobStore"]
+
+log = logging.getLogger(__name__)
 
 
 class JobStore:
@@ -50,7 +53,12 @@ class JobStore:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._flush_s)  # gather a batch of records into one transaction
-        await self.flush()
+        try:
+            await self.flush()
+        except sqlite3.Error:
+            log.exception(
+                "writing job records failed; they are lost (credits are not: the ledger is separate)"
+            )
 
     async def flush(self) -> None:
         batch, self._unwritten = self._unwritten, {}
