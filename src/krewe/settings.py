@@ -26,11 +26,13 @@ class SettingsError(ValueError):
     """A setting that cannot be used; the message starts with the setting's name."""
 
 
-def setting(default: Any, help: str) -> Any:
-    """A settings field with its help text."""
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A settings field with its help text; a secret one is left out of the settings' repr."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}, repr=not secret
+        )
+    return dataclasses.field(default=default, metadata={"help": help}, repr=not secret)
 
 
 def _convert(name: str, kind: Any, raw: Any) -> Any:

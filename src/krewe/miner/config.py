@@ -20,7 +20,9 @@ class MinerSettings:
     backend: str = setting("local", "where answers come from: 'local' (built-in embedding model) or 'openai'")
     models: list[str] = setting([], "model ids to serve (empty: what the backend offers)")
     base_url: str = setting("http://127.0.0.1:11434/v1", "the OpenAI-compatible server (openai backend)")
-    backend_api_key: str = setting("", "API key for the OpenAI-compatible server, if it needs one")
+    backend_api_key: str = setting(
+        "", "API key for the OpenAI-compatible server, if it needs one", secret=True
+    )
     backend_timeout_s: float = setting(120.0, "longest wait for the backend on one job")
     seed: int = setting(0, "decoding seed forced on the openai backend (with temperature 0)")
     max_concurrency: int = setting(4, "jobs run at once; more are rejected as busy")

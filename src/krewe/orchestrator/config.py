@@ -54,7 +54,9 @@ class OrchestratorSettings:
     )
     data_dir: Path = setting(Path("krewe-data"), "directory of the ledger and the job records (SQLite)")
     job_retention_s: float = setting(86_400.0, "seconds job records are kept")
-    api_keys: list[str] = setting([], "client API keys (Bearer); empty: the API is open (loopback use only)")
+    api_keys: list[str] = setting(
+        [], "client API keys (Bearer); empty: the API is open (loopback use only)", secret=True
+    )
     rate_limit_per_s: float = setting(100.0, "requests per second per API key")
     rate_limit_burst: int = setting(200, "burst size per API key")
     shutdown_grace_s: float = setting(10.0, "seconds in-flight jobs get to finish on SIGTERM")
