@@ -178,7 +178,7 @@ class ChainClient:
         """Whether any of these transactions has a receipt."""
         for tx_hash in tx_hashes:
             try:
-                await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                await self.w3.eth.get_transaction_receipt(HexStr(tx_hash))
             except TransactionNotFound:
                 continue
             return True
