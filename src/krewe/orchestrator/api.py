@@ -77,25 +77,42 @@ def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(value), content_type="application/json")
 
 
-class TokenBucket:
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self.tokens, self.updated = float(burst), clock()
+class RateLimiter:
+    """A token bucket per caller (API key, or address when no keys are set). When too many callers
+    are kept, those whose bucket has refilled are forgotten: a full bucket is the same as a new one."""
 
-    def take(self) -> float:
-        """0 if a request may go now, else the seconds until it may."""
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_callers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self._max_callers, self._clock = rate, burst, max_callers, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when counted)
+
+    def take(self, caller: str) -> float:
+        """0 if the caller may go now, else the seconds until it may."""
         now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if caller not in self._buckets and len(self._buckets) >= self._max_callers:
+            self._buckets = {
+                who: (tokens, when)
+                for who, (tokens, when) in self._buckets.items()
+                if tokens + (now - when) * self.rate < self.burst
+            }
+        tokens, when = self._buckets.get(caller, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+        if tokens >= 1:
+            self._buckets[caller] = (tokens - 1, now)
             return 0.0
-        return (1 - self.tokens) / self.rate
+        self._buckets[caller] = (tokens, now)
+        return (1 - tokens) / self.rate
 
 
 def build_app(services: Services) -> web.Application:
     settings = services.settings
-    buckets: dict[str, TokenBucket] = {}
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     keys = frozenset(settings.api_keys)
 
     @web.middleware
@@ -134,8 +151,7 @@ def build_app(services: Services) -> web.Application:
             if token not in keys:
                 raise ApiError(401, "invalid_api_key", "the API key is not valid")
             caller = token
-        bucket = buckets.setdefault(caller, TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst))
-        wait = bucket.take()
+        wait = limiter.take(caller)
         if wait:
             retry = str(max(1, math.ceil(wait)))
             raise ApiError(
