@@ -230,3 +230,4 @@ def deploy(**options: Any) -> None:
     click.echo(f'rpc_url = "{options["rpc_url"]}"')
     click.echo(f'registry_address = "{deployment.registry}"')
     click.echo(f'distributor_address = "{deployment.distributor}"')
+    click.echo(f"chain_from_block = {deployment.block}")

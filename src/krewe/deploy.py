@@ -24,6 +24,7 @@ class Deployment:
     distributor: str
     admin: str
     orchestrator: str
+    block: int = 0  # the block the distributor was deployed in
 
     def contracts(self, w3: Web3) -> tuple[Contract, Contract, Contract]:
         return (
@@ -51,16 +52,15 @@ def deploy_contracts(
 ) -> Deployment:
     """Deploy with `send` (a call -> receipt) from `admin`, and fund the pool with `pool` wei."""
 
-    def create(name: str, *args: Any) -> str:
+    def create(name: str, *args: Any) -> tuple[str, int]:
         artifact = load_artifact(name)
         receipt = send(w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode).constructor(*args))
-        address: str = receipt["contractAddress"]
-        return address
+        return receipt["contractAddress"], receipt["blockNumber"]
 
-    token = create("KrewToken", admin)
-    registry = create("WorkerRegistry", admin, token, min_stake, max_stake, unbonding_delay_s)
-    distributor = create("RewardDistributor", admin, token, orchestrator, max_batch)
-    deployment = Deployment(token, registry, distributor, admin, orchestrator)
+    token, _ = create("KrewToken", admin)
+    registry, _ = create("WorkerRegistry", admin, token, min_stake, max_stake, unbonding_delay_s)
+    distributor, block = create("RewardDistributor", admin, token, orchestrator, max_batch)
+    deployment = Deployment(token, registry, distributor, admin, orchestrator, block)
     krew, _, rewards = deployment.contracts(w3)
     if pool:
         send(krew.functions.mint(admin, pool))

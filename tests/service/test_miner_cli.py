@@ -81,6 +81,7 @@ def test_deploy_prints_settings_for_a_fresh_deployment(chain: Chain) -> None:
     )
     assert distributor.functions.orchestrator().call() == orchestrator
     assert distributor.functions.unallocated().call() == 50 * KREW
+    assert 0 < int(settings["chain_from_block"]) <= w3.eth.block_number
     result = CliRunner().invoke(
         main, ["deploy", "--rpc-url", chain.anvil.url, "--orchestrator", orchestrator]
     )

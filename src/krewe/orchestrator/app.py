@@ -65,7 +65,9 @@ class Orchestrator:
         )
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.chain = await ChainClient.connect(settings.rpc_url, settings.distributor_address, key)
+        self.chain = await ChainClient.connect(
+            settings.rpc_url, settings.distributor_address, key, from_block=settings.chain_from_block
+        )
         registry = RegistryReader(
             self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
         )

@@ -43,6 +43,9 @@ class OrchestratorSettings:
     rpc_url: str = setting("http://127.0.0.1:8545", "JSON-RPC URL of the settlement chain")
     registry_address: str = setting("", "WorkerRegistry contract address")
     distributor_address: str = setting("", "RewardDistributor contract address")
+    chain_from_block: int = setting(
+        0, "block the distributor was deployed in: settlement's event searches start there"
+    )
     registry_cache_s: float = setting(30.0, "seconds a registry answer (isActive) is reused")
     key_file: Path | None = setting(None, "encrypted keystore (V3 JSON) of the orchestrator's key")
     key_password_file: Path | None = setting(None, "file holding the keystore's password")
@@ -78,7 +81,7 @@ class OrchestratorSettings:
             raise SettingsError(f"threshold: {self.threshold} is more than replicas ({self.replicas})")
         if not 0 <= self.tail <= self.replicas:
             raise SettingsError(f"tail: must be between 0 and replicas ({self.replicas}), not {self.tail}")
-        for name in ("redispatch_max", "registry_cache_s"):
+        for name in ("redispatch_max", "registry_cache_s", "chain_from_block"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: cannot be negative")
         if self.reward_wei < 0 or any(wei < 0 for wei in self.model_rewards.values()):
