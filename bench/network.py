@@ -77,15 +77,15 @@ class Process:
     """A child process in its own session, stopped by PID."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
-        output = log.open("wb") if log else subprocess.DEVNULL
-        self.popen = subprocess.Popen(
-            args,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=output,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with open(log or os.devnull, "wb") as output:  # the child keeps its own handle
+            self.popen = subprocess.Popen(
+                args,
+                env={**os.environ, **(env or {})},
+                stdout=subprocess.PIPE,
+                stderr=output,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid = self.popen.pid
 
     def read_line(self, timeout_s: float) -> str:

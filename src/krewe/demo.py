@@ -71,7 +71,6 @@ class DemoOptions:
     once: bool = False
     chain_url: str | None = None  # an anvil already running; by default the demo starts its own
     settlement_window_s: float = 10.0
-    timeout_s: float = 300.0
 
 
 @dataclass
@@ -103,15 +102,15 @@ class Demo:
         self.console.print(text, soft_wrap=True, markup=False, highlight=False)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "krewe", *args],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with (self.workdir / f"{name}.log").open("wb") as log:  # the child keeps its own handle
+            process = subprocess.Popen(
+                [sys.executable, "-m", "krewe", *args],
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 

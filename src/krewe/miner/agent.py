@@ -10,6 +10,7 @@ from `reconnect_min_s` after a session that stayed up `healthy_session_s`. At mo
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -42,7 +43,9 @@ class MinerStats:
     agreed: int = 0
     credited_wei: int = 0
     last_close_code: int | None = None
-    delays: list[float] = field(default_factory=list)  # reconnect delays, in order
+    reconnects: int = 0
+    # the latest reconnect delays, bounded so that a miner that runs for months does not grow
+    delays: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
 
 
 class MinerAgent:
@@ -89,6 +92,7 @@ class MinerAgent:
                 if welcomed is not None and self._clock() - welcomed >= self.settings.healthy_session_s:
                     delay = self.settings.reconnect_min_s
                 wait = delay / 2 + self._rng.uniform(0, delay / 2)  # exponential, with jitter
+                self.stats.reconnects += 1
                 self.stats.delays.append(wait)
                 log.info("reconnecting in %.2f s", wait)
                 with contextlib.suppress(TimeoutError):

@@ -12,12 +12,11 @@ from web3 import Web3
 from web3.contract import Contract
 
 from krewe.contracts import load_artifact
+from krewe.deploy import KREW
 from krewe.keys import SigningKey
 from krewe.transactions import send_signed
 
 __all__ = ["MinerChain", "MinerChainError", "MinerStatus", "parse_krew"]
-
-WEI_PER_KREW = 10**18
 
 
 class MinerChainError(Exception):
@@ -27,7 +26,7 @@ class MinerChainError(Exception):
 def parse_krew(amount: str) -> int:
     """'12.5' KREW -> wei, exactly."""
     try:
-        value = Decimal(amount) * WEI_PER_KREW
+        value = Decimal(amount) * KREW
     except InvalidOperation:
         raise MinerChainError(f"{amount!r} is not an amount of KREW") from None
     if value <= 0 or value != value.to_integral_value():
@@ -36,7 +35,7 @@ def parse_krew(amount: str) -> int:
 
 
 def format_krew(wei: int) -> str:
-    return f"{Decimal(wei) / WEI_PER_KREW:f} KREW"
+    return f"{Decimal(wei) / KREW:f} KREW"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ returns to pending cannot be paid twice; it is committed only when the chain sho
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -122,13 +121,6 @@ class Settler:
             if results[-1].outcome is SettlementOutcome.UNRESOLVED:
                 break
         return results
-
-    async def run(self, window_s: float, stop: asyncio.Event) -> None:
-        """Settle every `window_s` until `stop` is set, then once more."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=window_s)
-            await self.settle_once()
 
     async def _settle_safely(self, batch: Batch) -> BatchResult:
         try:

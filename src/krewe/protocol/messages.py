@@ -25,7 +25,6 @@ __all__ = [
     "encode",
 ]
 
-REJECT_REASONS = ("busy", "unsupported_model", "bad_input", "internal")
 TASKS = ("chat", "completion", "embedding")
 
 
