@@ -257,9 +257,15 @@ def _run(demo: Demo) -> None:
         )
         demo.fact(f"credited {row.address} {on_chain}")
     console.print(table)
-    claimer = rows[0]
+    # the first miner with something to claim (selection is random: a miner may have drawn no job)
+    index, claimer = next(
+        (i, row) for i, row in enumerate(rows) if distributor.functions.claimable(row.address).call()
+    )
     chain = MinerChain(
-        rpc_url, deployment.registry, deployment.distributor, SigningKey.from_hex(dev_key(FIRST_MINER))
+        rpc_url,
+        deployment.registry,
+        deployment.distributor,
+        SigningKey.from_hex(dev_key(FIRST_MINER + index)),
     )
     before = chain.token.functions.balanceOf(claimer.address).call()
     chain.claim()
