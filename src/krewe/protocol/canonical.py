@@ -23,7 +23,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "CanonicalError", "canonical_json", "digest", "parse_strict"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "CanonicalError",
+    "canonical_json",
+    "check_nesting",
+    "digest",
+    "parse_strict",
+]
 
 MAX_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -43,7 +51,7 @@ def parse_strict(data: bytes, *, max_bytes: int) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CanonicalError(f"invalid UTF-8 at byte {error.start}") from None
-    _check_nesting(data)
+    check_nesting(data)
     try:
         value = _DECODER.decode(text)
     except CanonicalError:
@@ -58,18 +66,19 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
-def _check_nesting(data: bytes) -> None:
+def check_nesting(data: bytes, limit: int = MAX_DEPTH) -> None:
     """Refuse nesting deeper than MAX_DEPTH before the recursive decoder sees the document.
 
     The decoder's own limit follows the interpreter's recursion limit, which a program may raise
     far enough for a hostile document to overflow the C stack. Here: strip strings, keep only the
     brackets, and remove innermost pairs once per level; a document nested at most MAX_DEPTH deep
-    is empty after MAX_DEPTH rounds.
+    is empty after MAX_DEPTH rounds. `limit` is larger for an envelope around a document (a frame
+    whose `output` may itself be MAX_DEPTH deep).
     """
-    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+    if data.count(b"[") + data.count(b"{") <= limit:
         return
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    for _ in range(MAX_DEPTH):
+    for _ in range(limit):
         if not brackets:
             return
         inner = brackets.replace(b"[]", b"").replace(b"{}", b"")
@@ -77,7 +86,7 @@ def _check_nesting(data: bytes) -> None:
             raise CanonicalError("not valid JSON: unbalanced brackets")
         brackets = inner
     if brackets:
-        raise CanonicalError(f"nesting deeper than {MAX_DEPTH}")
+        raise CanonicalError(f"nesting deeper than {limit}")
 
 
 def canonical_json(value: Any) -> bytes:
