@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from eth_account import Account
-from eth_account.messages import encode_defunct
 
 from krewe.devchain import dev_key, free_port
 from krewe.keys import SigningKey
@@ -180,62 +178,65 @@ def test_miner_settings_refuse_bad_values() -> None:
         MinerSettings(engine="x" * 201)
 
 
-NONCE = "a1b2c3d4e5f6a1b2c3d4e5f6"
 ISSUED_AT = datetime(2030, 1, 1, tzinfo=UTC)
-STATEMENT = "Log in to serve inference jobs as a krewe worker."
+LOGIN_TIME = ISSUED_AT + timedelta(seconds=1)
 
 
 class ScriptedOrchestrator:
     """An orchestrator for tests (not a product part) on 127.0.0.1 that speaks protocol 2: a
-    challenge, a check of the auth, then what the test's `script` does with the connection."""
+    challenge, a check of the auth's shape and of its EIP-4361 login, then what the test's
+    `script` does with the connection."""
 
     def __init__(self, script: Callable[["ScriptedOrchestrator", web.WebSocketResponse], Awaitable[None]]):
         self.script = script
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/workers/connect"
-        self.challenge = Challenge(
+        self.issued = siwe.Challenge(
             domain=f"127.0.0.1:{self.port}",
             uri=self.url,
             chain_id=31337,
-            nonce=NONCE,
-            issued_at=siwe.format_time(ISSUED_AT),
-            expiration_time=siwe.format_time(ISSUED_AT + timedelta(minutes=5)),
-            statement=STATEMENT,
-        )
-        self.auths: list[Auth] = []
-        self.replies: list[MinerMessage] = []
-
-    def expected_message(self, address: str) -> str:
-        """The EIP-4361 text an honest miner signs for this challenge."""
-        return siwe.Challenge(
-            domain=self.challenge.domain,
-            uri=self.url,
-            chain_id=31337,
-            nonce=NONCE,
+            nonce="a1b2c3d4e5f6a1b2c3d4e5f6",
             issued_at=ISSUED_AT,
             expiration_time=ISSUED_AT + timedelta(minutes=5),
-            statement=STATEMENT,
-        ).message_for(address)
+        )
+        self.challenge = Challenge(
+            domain=self.issued.domain,
+            uri=self.issued.uri,
+            chain_id=self.issued.chain_id,
+            nonce=self.issued.nonce,
+            issued_at=siwe.format_time(self.issued.issued_at),
+            expiration_time=siwe.format_time(self.issued.expiration_time),
+            statement=self.issued.statement,
+            version=self.issued.version,
+        )
+        self.auths: list[Auth] = []
+        self.signers: list[str] = []
+        self.replies: list[MinerMessage] = []
 
     async def connect(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.send_str(encode(self.challenge))
         frame = await ws.receive(timeout=10)
-        if frame.type is WSMsgType.TEXT:
-            auth = decode_miner_message(frame.data.encode())
-            assert isinstance(auth, Auth)
-            self.auths.append(auth)
-            await self.script(self, ws)
+        if frame.type is not WSMsgType.TEXT:
+            return ws
+        auth = decode_miner_message(frame.data.encode())
+        assert isinstance(auth, Auth)
+        self.auths.append(auth)
+        try:
+            signer = siwe.verify(auth.message, auth.signature, expected=self.issued, now=LOGIN_TIME)
+        except siwe.SiweError as error:
+            await ws.send_str(encode(Error(code="auth_failed", message=str(error))))
+            await ws.close(code=4401)
+            return ws
+        self.signers.append(signer)
+        await self.script(self, ws)
         return ws
 
     async def welcome_then_record(self, ws: web.WebSocketResponse, frames: list[str | bytes]) -> None:
         """Welcome the miner, send `frames`, and record what it sends until it closes."""
-        signer = Account.recover_message(
-            encode_defunct(text=self.auths[-1].message), signature=self.auths[-1].signature
-        )
         await ws.send_str(
-            encode(Welcome(worker=signer, session="s1", heartbeat_s=10, max_frame_bytes=1 << 20))
+            encode(Welcome(worker=self.signers[-1], session="s1", heartbeat_s=10, max_frame_bytes=1 << 20))
         )
         for frame in frames:
             await (ws.send_str(frame) if isinstance(frame, str) else ws.send_bytes(frame))
@@ -293,11 +294,7 @@ async def test_the_agent_survives_malformed_frames_and_refuses_jobs_it_did_not_o
         async with running(agent):
             await until(lambda: any(isinstance(r, Result) for r in orchestrator.replies), what="the answer")
         [auth] = orchestrator.auths
-        assert auth.message == orchestrator.expected_message(agent.address)
-        assert (
-            Account.recover_message(encode_defunct(text=auth.message), signature=auth.signature)
-            == agent.address
-        )
+        assert orchestrator.signers == [agent.address]  # a standard EIP-4361 login, verified
         assert auth.models == [ModelOffer(id="test-model", tasks=["chat", "completion"], engine="scripted/1")]
         assert (auth.max_concurrency, auth.agent.startswith("krewe-miner/")) == (4, True)
     assert orchestrator.replies[:2] == [
@@ -326,7 +323,7 @@ async def test_a_refused_login_ignores_frames_after_the_error_and_reconnects() -
         agent = agent_for(orchestrator.url, 0, ScriptedBackend(), reconnect_min_s=20, reconnect_max_s=20)
         async with running(agent):
             await until(lambda: agent.stats.reconnects == 1, what="the agent to give up the session")
-    assert len(orchestrator.auths) == 1
+    assert orchestrator.signers == [agent.address]
     assert (agent.stats.sessions, agent.stats.malformed_frames, agent.stats.jobs) == (0, 1, 0)
     assert agent.stats.last_close_code == 4401
 
