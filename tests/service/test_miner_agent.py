@@ -138,7 +138,7 @@ async def test_reconnects_back_off_exponentially_with_jitter_then_reset(make_har
         await until(agent.connected.is_set, what="the agent to log in")
         attempts = agent.stats.reconnects
         session = harness.orchestrator.pool.sessions[agent.address]
-        await session.channel.close(CloseCode.GOING_AWAY, "going_away", "closed by the test")
+        await session.channel.close(CloseCode.GOING_AWAY, "going_away", "the test ends the session")
         await until(lambda: agent.stats.reconnects > attempts, what="a reconnect")
         assert agent.stats.delays[-1] <= 0.05  # back to the first delay after a healthy session
         await until(agent.connected.is_set, what="the agent to log in again")
@@ -151,6 +151,7 @@ async def test_stop_finishes_the_running_job_then_closes_normally(harness: Harne
     await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
     request = asyncio.ensure_future(post(harness, "/v1/chat/completions", CHAT))
     await until(lambda: backend.started == 3, what="the job to start on every miner")
+    sessions = list(harness.orchestrator.pool.sessions.values())
     for agent in agents:
         agent.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
@@ -158,7 +159,8 @@ async def test_stop_finishes_the_running_job_then_closes_normally(harness: Harne
     assert status == 200
     assert [agent.stats.answered for agent in agents] == [1, 1, 1]
     await until(lambda: not harness.orchestrator.pool.sessions, what="the sessions to end")
-    assert [agent.stats.last_close_code for agent in agents] == [1000] * 3  # closed normally by the miners
+    # closed normally by the miners
+    assert [session.channel.ws.close_code for session in sessions] == [CloseCode.NORMAL] * 3
 
 
 def test_miner_settings_refuse_bad_values() -> None:
