@@ -41,7 +41,11 @@ def error_response(
 ) -> web.Response:
     kind = ERROR_TYPES.get(status, "server_error")
     body = orjson.dumps({"error": {"message": message, "type": kind, "code": code}})
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    response = web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    if status == 413:
+        # The rest of the body is never read: the client is told to stop sending it.
+        response.force_close()
+    return response
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:

@@ -3,7 +3,7 @@
 A request is checked, run as one job by the router, and its agreed output reshaped into OpenAI's
 response, with a `krewe` object that tells the verdict. `stream: true` is served as server-sent
 events of the agreed answer once the verdict is in: nothing is final before that. An agreed
-output that lacks what the response needs is 502 `invalid_output`.
+output that lacks what the response needs is 502 `invalid_output`, never a 500.
 """
 
 import base64
@@ -17,10 +17,13 @@ from aiohttp import web
 
 from krewe.orchestrator.api.body import (
     INTEGER,
+    TEXT_OR_TOKENS,
     Check,
+    is_boolean,
     is_integer,
-    is_list,
+    is_list_of_objects,
     is_string,
+    is_text_or_tokens,
     optional,
     read_json,
     require,
@@ -33,18 +36,19 @@ __all__ = ["ROUTES"]
 
 NOT_FOR_MINERS = ("stream", "stream_options", "user", "n")  # what the orchestrator itself serves
 ENCODINGS = ("float", "base64")
+NUMBER_TYPES = {int, float}
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """OpenAI chat completions, agreed by several miners."""
-    answer = await generate(request, "chat", "messages", is_list, "a list of messages")
+    answer = await generate(request, "chat", "messages", is_list_of_objects, "a list of message objects")
     head = {"id": f"chatcmpl-{answer.job_id}", "created": int(time.time()), "model": answer.model}
     if not answer.stream:
         completion = {**head, "object": "chat.completion", "choices": answer.choices, "usage": answer.usage}
         return json_response({**completion, "krewe": answer.krewe})
     chunks: list[dict[str, Any]] = []
     for choice in answer.choices:
-        index, content = choice.get("index", 0), choice.get("message", {}).get("content", "")
+        index, content = choice.get("index", 0), choice["message"].get("content", "")
         pieces: tuple[dict[str, Any], ...] = (
             {"index": index, "delta": {"role": "assistant", "content": content}, "finish_reason": None},
             {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")},
@@ -56,7 +60,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     """OpenAI (legacy) completions, agreed by several miners."""
-    answer = await generate(request, "completion", "prompt", is_string_or_list, "a string or a list")
+    answer = await generate(request, "completion", "prompt", is_text_or_tokens, TEXT_OR_TOKENS)
     head = {
         "id": f"cmpl-{answer.job_id}",
         "object": "text_completion",
@@ -77,21 +81,20 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     body = await read_json(request, services.settings.max_body_bytes)
     model = require(body, "model", is_string, "a model id")
-    require(body, "input", is_string_or_list, "a string or a list")
-    encoding = body.get("encoding_format", "float")
-    if encoding not in ENCODINGS:
-        raise ApiError(400, "invalid_field", "'encoding_format' must be 'float' or 'base64'")
+    require(body, "input", is_text_or_tokens, TEXT_OR_TOKENS)
+    encoding = optional(body, "encoding_format", is_encoding, "'float' or 'base64'") or "float"
     job_input = {k: v for k, v in body.items() if k not in ("encoding_format", "user")}
     decision = await services.router.submit(model, "embedding", job_input)
-    data = agreed(decision, "data")
-    usage = dict(agreed(decision, "usage"))
+    data = agreed(decision, "data", is_embedding_list, "a list of embedding objects")
+    usage = dict(agreed(decision, "usage", is_usage, "an object of token counts"))
     usage.setdefault("total_tokens", usage.get("prompt_tokens", 0))
-    items = []
-    for item in data:
-        vector = item.get("embedding", []) if isinstance(item, dict) else []
-        if encoding == "base64":
-            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        items.append({"object": "embedding", "index": item.get("index", 0), "embedding": vector})
+    vectors = [item["embedding"] for item in data]
+    if encoding == "base64":
+        vectors = [float32_base64(vector, decision) for vector in vectors]
+    items = [
+        {"object": "embedding", "index": item.get("index", 0), "embedding": vector}
+        for item, vector in zip(data, vectors, strict=True)
+    ]
     return json_response(
         {"object": "list", "data": items, "model": model, "usage": usage, "krewe": krewe_info(decision)}
     )
@@ -118,7 +121,7 @@ class Generated:
 
     model: str
     stream: bool
-    choices: list[Any]
+    choices: list[dict[str, Any]]
     usage: dict[str, Any]
     job_id: str
     krewe: dict[str, Any]
@@ -132,17 +135,17 @@ async def generate(
     body = await read_json(request, services.settings.max_body_bytes)
     model = require(body, "model", is_string, "a model id")
     require(body, prompt, accepts_prompt, prompt_is)
+    stream = optional(body, "stream", is_boolean, "true or false")
     if optional(body, "n", is_integer, INTEGER) not in (None, 1):
         message = "only n=1 is supported: every answer is agreed by several miners"
         raise ApiError(400, "unsupported_n", message)
     job_input = {k: v for k, v in body.items() if k not in NOT_FOR_MINERS}
     decision = await services.router.submit(model, task, job_input)
-    choices = agreed(decision, "choices")
-    usage = dict(agreed(decision, "usage"))
+    choices_are = is_chat_choices if task == "chat" else is_choices
+    choices = agreed(decision, "choices", choices_are, "a non-empty list of choice objects")
+    usage = dict(agreed(decision, "usage", is_usage, "an object of token counts"))
     usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-    return Generated(
-        model, body.get("stream") is True, choices, usage, decision.record["job_id"], krewe_info(decision)
-    )
+    return Generated(model, stream is True, choices, usage, decision.record["job_id"], krewe_info(decision))
 
 
 async def server_sent_events(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
@@ -166,13 +169,49 @@ def krewe_info(decision: Decision) -> dict[str, Any]:
     }
 
 
-def agreed(decision: Decision, name: str) -> Any:
-    """The field `name` of the agreed output; 502 when it has none."""
+def agreed(decision: Decision, name: str, accepts: Check, what: str) -> Any:
+    """The field `name` of the agreed output; 502 when it is missing or not what `accepts` takes."""
     output, job_id = decision.output, decision.record["job_id"]
     if not isinstance(output, dict) or name not in output:
         raise ApiError(502, "invalid_output", f"the agreed output has no '{name}' (job {job_id})")
+    if not accepts(output[name]):
+        raise ApiError(502, "invalid_output", f"the agreed output's '{name}' is not {what} (job {job_id})")
     return output[name]
 
 
-def is_string_or_list(value: Any) -> bool:
-    return isinstance(value, (str, list))
+def is_encoding(value: Any) -> bool:
+    return value in ENCODINGS
+
+
+def is_choices(value: Any) -> bool:
+    return is_list_of_objects(value) and bool(value)
+
+
+def is_chat_choices(value: Any) -> bool:
+    return is_choices(value) and all(isinstance(choice.get("message"), dict) for choice in value)
+
+
+def is_usage(value: Any) -> bool:
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return isinstance(value, dict) and all(is_integer(value[name]) for name in counts if name in value)
+
+
+def is_embedding_list(value: Any) -> bool:
+    return is_list_of_objects(value) and all(_is_vector(item.get("embedding")) for item in value)
+
+
+def _is_vector(value: Any) -> bool:
+    # by exact type, which leaves out booleans, and at C speed: a response may hold many vectors
+    return isinstance(value, list) and set(map(type, value)) <= NUMBER_TYPES
+
+
+def float32_base64(vector: list[float], decision: Decision) -> str:
+    """The vector as little-endian float32, in base64 (what the openai SDK asks for by default)."""
+    try:
+        packed = struct.pack(f"<{len(vector)}f", *vector)
+    except OverflowError:
+        job_id = decision.record["job_id"]
+        raise ApiError(
+            502, "invalid_output", f"the agreed output's 'embedding' is beyond float32 (job {job_id})"
+        ) from None
+    return base64.b64encode(packed).decode()
