@@ -88,7 +88,8 @@ class OrchestratorSettings:
             "port", "replicas", "threshold", "job_timeout_ms", "max_job_timeout_ms", "heartbeat_s",
             "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
             "settlement_window_s", "max_batch", "receipt_timeout_s", "chain_log_range", "max_fee_gwei",
-            "rate_limit_per_s", "rate_limit_burst", "job_retention_s", "shutdown_grace_s", "registry_timeout_s",
+            "rate_limit_per_s", "rate_limit_burst", "job_retention_s", "shutdown_grace_s",
+            "registry_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
