@@ -88,6 +88,7 @@ def settings_for(chain: Chain, data_dir: Path, **overrides: Any) -> Orchestrator
         settlement_window_s=3600,  # tests settle explicitly
         settlement_confirmations=0,  # anvil mines a block only for a transaction
         seed=1234,
+        model_rewards={"test-model": 10**15},
     )
     return dataclasses.replace(base, **overrides)
 
