@@ -31,6 +31,7 @@ from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
+from krewe.orchestrator.server import make_runner
 from krewe.orchestrator.settlement import Settler
 from krewe.settings import SettingsError
 
@@ -93,7 +94,7 @@ class Orchestrator:
             receipt_timeout_s=settings.receipt_timeout_s,
             confirmations=settings.settlement_confirmations,
         )
-        self.runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
+        self.runner = make_runner(build_app(self), settings, self.metrics)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.host, settings.port, reuse_address=True)
         await site.start()
