@@ -60,29 +60,40 @@ async def read_http_answer(
     """One response from `reader`, or None when the server closed without one."""
     try:
         async with asyncio.timeout(timeout_s):
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as partial:
-                if partial.partial:
-                    message = f"the connection closed inside a response head: {partial.partial!r}"
-                    raise GarbageError(message) from None
-                return None
-            except asyncio.LimitOverrunError:
-                raise GarbageError("a response head over the stream limit") from None
-            except ConnectionResetError:
-                return None
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
-            version, _, rest = status_line.partition(" ")
-            if not version.startswith("HTTP/1."):
-                raise GarbageError(f"not an HTTP/1.x status line: {status_line!r}")
-            status = int(rest.split(" ", 1)[0])
-            headers: dict[str, str] = {}
-            for line in header_lines:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            body = await _read_body(reader, headers, status, head_only_body)
+            answer = await _read_answer(reader, head_only_body)
+            while answer is not None and 100 <= answer.status < 200 and answer.status != 101:
+                answer = await _read_answer(reader, head_only_body)  # past interim answers (100 Continue)
     except TimeoutError:
         raise HangError(f"no complete response within {timeout_s} s") from None
+    return answer
+
+
+async def _read_answer(reader: asyncio.StreamReader, head_only_body: bool) -> HttpAnswer | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as partial:
+        if partial.partial:
+            message = f"the connection closed inside a response head: {partial.partial!r}"
+            raise GarbageError(message) from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise GarbageError("a response head over the stream limit") from None
+    except ConnectionResetError:
+        return None
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
+    version, _, rest = status_line.partition(" ")
+    status_text = rest.split(" ", 1)[0]
+    if not version.startswith("HTTP/1.") or not status_text.isdigit():
+        raise GarbageError(f"not an HTTP/1.x status line: {status_line!r}")
+    status = int(status_text)
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        body = await _read_body(reader, headers, status, head_only_body)
+    except (asyncio.IncompleteReadError, ConnectionResetError, ValueError) as error:
+        raise GarbageError(f"a response body cut short or mis-framed: {error!r}") from None
     return HttpAnswer(status, headers, body)
 
 

@@ -5,14 +5,17 @@ own parts answer before any middleware runs.
   response. This is aiohttp's keep-alive timer: it also runs before a connection's first request,
   bytes that trickle in do not put it off, and it closes idle keep-alive connections too.
 - A request aiohttp's parser refuses (a bad request line or header, a line too long) is a 400 in
-  the error envelope instead of aiohttp's plain text, and is logged at debug level, escaped,
-  instead of at error level with a traceback.
+  the error envelope instead of aiohttp's plain text (`invalid_request`, or `invalid_body` for a
+  body its parser could not decode), and is logged at debug level, escaped, instead of at error
+  level with a traceback.
 - Past `max_connections` open connections, a new one is answered 503 `too_many_connections` and
   closed, so that a flood of connections leaves file descriptors to the chain client and the stores.
 - A WebSocket frame from a client that is not masked fails the connection with 1002 (RFC 6455
   §5.1); aiohttp's reader does not check the mask bit.
 - A request of HTTP/0.9 or HTTP/2.0 in HTTP/1 syntax, which aiohttp's parser takes and would
   answer in HTTP/1 syntax under that version's number, gets 505 `http_version_not_supported`.
+- An HTTP error aiohttp raises before the app's middlewares run (417 for an `Expect` other than
+  `100-continue`) is in the envelope too.
 
 aiohttp makes one `RequestHandler` per connection through its `Server`; `make_runner` returns an
 `AppRunner` whose server makes `_Connection`s, the handler with the rules above.
@@ -25,8 +28,14 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11, WebSocketReader
+from aiohttp.http_exceptions import ContentEncodingError
 
-from krewe.orchestrator.api.errors import envelope, error_response
+from krewe.orchestrator.api.errors import (
+    UNDECODABLE_BODY,
+    envelope,
+    error_response,
+    http_error_response,
+)
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.masking import MaskScanner
 from krewe.orchestrator.metrics import Metrics
@@ -84,12 +93,18 @@ class _Runner(web.AppRunner):
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
             requested = request.get(_REQUESTED_VERSION)
-            if requested is None:
-                return await app_handler(request)
-            self._metrics.http.labels("505").inc()
-            message = f"HTTP/{requested.major}.{requested.minor} is not served; use HTTP/1.1"
-            response = error_response(505, "http_version_not_supported", message)
-            response.force_close()
+            if requested is not None:
+                message = f"HTTP/{requested.major}.{requested.minor} is not served; use HTTP/1.1"
+                response = error_response(505, "http_version_not_supported", message)
+                response.force_close()
+            else:
+                try:
+                    return await app_handler(request)
+                except web.HTTPException as error:  # from before the middlewares: a bad `Expect`
+                    if error.status < 400:
+                        raise
+                    response = http_error_response(error)
+            self._metrics.http.labels(str(response.status)).inc()
             return response
 
         return _Server(
@@ -156,7 +171,10 @@ class _Connection(web.RequestHandler):
         else:
             reason = " ".join((message or repr(exc)).split())  # aiohttp's text spans lines
             log.debug("refused a malformed request from %s: %s", request.remote, untrusted(reason))
-            code, text = "invalid_request", f"the request is not valid HTTP/1.1: {reason[:200]}"
+            if isinstance(exc, ContentEncodingError):  # as the error middleware says it
+                code, text = "invalid_body", UNDECODABLE_BODY
+            else:
+                code, text = "invalid_request", f"the request is not valid HTTP/1.1: {reason[:200]}"
         if request.writer.output_size > 0:
             raise ConnectionError("the response has begun; no error response can follow it")
         self._server.metrics.http.labels(str(status)).inc()

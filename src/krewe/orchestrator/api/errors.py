@@ -18,7 +18,15 @@ from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.router import JobError
 from krewe.untrusted import untrusted
 
-__all__ = ["ApiError", "envelope", "error_middleware", "error_response", "json_response"]
+__all__ = [
+    "UNDECODABLE_BODY",
+    "ApiError",
+    "envelope",
+    "error_middleware",
+    "error_response",
+    "http_error_response",
+    "json_response",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ ERROR_TYPES = {
     426: "invalid_request_error",
     429: "rate_limit_error",
 }
+UNDECODABLE_BODY = "the request body cannot be decoded as its Content-Encoding says"
 # Headers of aiohttp's HTTP errors that describe its plain-text body, which the envelope replaces.
 BODY_HEADERS = frozenset({"content-type", "content-length"})
 
@@ -60,6 +69,14 @@ def error_response(
     return response
 
 
+def http_error_response(error: web.HTTPException) -> web.Response:
+    """One of aiohttp's HTTP errors (404, 405, 417...) in the envelope, with its headers but those of
+    its plain-text body."""
+    headers = {name: text for name, text in error.headers.items() if name.lower() not in BODY_HEADERS}
+    code = error.reason.lower().replace(" ", "_")
+    return error_response(error.status, code, error.text or error.reason, headers)
+
+
 def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(value), content_type="application/json")
 
@@ -76,13 +93,9 @@ def error_middleware(metrics: Metrics) -> Middleware:
         except web.HTTPException as error:
             if error.status < 400:
                 raise
-            headers = {name: text for name, text in error.headers.items() if name.lower() not in BODY_HEADERS}
-            response = error_response(
-                error.status, error.reason.lower().replace(" ", "_"), error.text or error.reason, headers
-            )
+            response = http_error_response(error)
         except web.RequestPayloadError:
-            message = "the request body cannot be decoded as its Content-Encoding says"
-            response = error_response(400, "invalid_body", message)
+            response = error_response(400, "invalid_body", UNDECODABLE_BODY)
             response.force_close()
         except ConnectionResetError:  # the client left before its request was complete: none will read this
             log.debug("%s %s: the client closed the connection", request.method, untrusted(request.path))
