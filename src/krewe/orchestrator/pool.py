@@ -57,11 +57,13 @@ class Session:
 
 
 class SessionPool:
-    def __init__(self, scoring: ScoringConfig | None = None) -> None:
+    def __init__(
+        self, scoring: ScoringConfig | None = None, scores: Mapping[str, PeerScore] | None = None
+    ) -> None:
         self.scoring = scoring or ScoringConfig()
         self._sessions: dict[str, Session] = {}
         self._serving: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._scores: dict[str, PeerScore] = {}
+        self._scores: dict[str, PeerScore] = dict(scores or {})  # as stored before a restart
 
     @property
     def sessions(self) -> Mapping[str, Session]:

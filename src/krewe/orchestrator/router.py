@@ -31,6 +31,7 @@ from krewe.orchestrator.ledger import Credit
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.scoring import update_score
 from krewe.orchestrator.selection import select_replicas
 from krewe.protocol import messages
@@ -93,8 +94,9 @@ class JobRouter:
         pool: SessionPool,
         ledger: LedgerService,
         records: JobStore,
-        metrics: Metrics,
+        scores: ScoreStore,
         *,
+        metrics: Metrics,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -103,6 +105,7 @@ class JobRouter:
         self._pool = pool
         self._ledger = ledger
         self._records = records
+        self._scores = scores
         self._metrics = metrics
         self._rng = rng
         self._clock = clock
@@ -352,6 +355,7 @@ class JobRouter:
                 self._metrics.answer_latency.observe(latency_ms / 1000)
             after = update_score(self._pool.score(worker), outcome, latency_ms, self._pool.scoring)
             self._pool.set_score(worker, after)
+            self._scores.put(worker, after)
             self._metrics.scores.observe(after.quality)
 
     def _close(self, running: _Running) -> None:
