@@ -55,6 +55,10 @@ class Session:
     def in_flight(self) -> int:
         return len(self.jobs)
 
+    def engine(self, model: str) -> str:
+        """The engine class declared for `model` ("" when the miner named none)."""
+        return next((offer.engine for offer in self.offers if offer.id == model), "")
+
 
 class SessionPool:
     def __init__(
