@@ -10,8 +10,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The tests also prove our Sign-In with Ethereum messages byte-identical to the reference `siwe`
+# library's. siwe 4.4.0 declares web3 < 8 and eth-account < 0.14 and would pull the product back to
+# them; it works with the versions the product uses, so it is installed without its dependencies
+# (its others, pydantic and eth-utils, come with web3). abnf 2.2.0: siwe fails to import with later ones.
 $(STAMP)/python-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps siwe==4.4.0 abnf==2.2.0
 	@mkdir -p $(STAMP) && touch $@
 
 $(STAMP)/node-deps: package.json package-lock.json

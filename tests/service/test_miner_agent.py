@@ -1,33 +1,56 @@
-"""The miner agent against a real orchestrator: answering, busy, deadlines, reconnects, stopping."""
+"""The miner agent against a real orchestrator (answering, busy, deadlines, reconnects, stopping),
+and against a scripted orchestrator that sends it frames a real one would not."""
 
 import asyncio
 import contextlib
+import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import WSMsgType, web
 
 from krewe.devchain import dev_key, free_port
 from krewe.keys import SigningKey
 from krewe.miner.agent import MinerAgent
 from krewe.miner.config import MinerSettings
+from krewe.protocol import siwe
+from krewe.protocol.canonical import canonical_json
+from krewe.protocol.messages import (
+    Auth,
+    Challenge,
+    Error,
+    Job,
+    MinerMessage,
+    ModelOffer,
+    Reject,
+    Result,
+    Task,
+    Welcome,
+    decode_miner_message,
+    encode,
+)
 from krewe.settings import SettingsError
 from tests.service.conftest import MINER_KEYS, Harness, until
 from tests.service.test_jobs import CHAT, post
 from tests.support.scripted_miner import honest_output
 
+ALL_TASKS: list[Task] = ["chat", "completion", "embedding"]
+
 
 class ScriptedBackend:
     """An inference backend for tests (not a product part): the honest answer, after a delay."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, tasks: list[Task] = ALL_TASKS) -> None:
         self.delay_s = delay_s
+        self.tasks = tasks
         self.started = 0
         self.cancelled = 0
 
-    def models(self) -> list[str]:
-        return ["test-model"]
+    def offers(self) -> list[ModelOffer]:
+        return [ModelOffer(id="test-model", tasks=self.tasks, engine="scripted/1")]
 
     async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
         self.started += 1
@@ -143,3 +166,198 @@ def test_miner_settings_refuse_bad_values() -> None:
         MinerSettings(backend="gpu")
     with pytest.raises(SettingsError, match="orchestrator_url"):
         MinerSettings(orchestrator_url="http://x")
+    with pytest.raises(SettingsError, match="max_concurrency: at most 1024"):
+        MinerSettings(max_concurrency=1025)
+    with pytest.raises(SettingsError, match="tasks"):
+        MinerSettings(tasks=["chat", "translate"])
+    with pytest.raises(SettingsError, match="tasks"):
+        MinerSettings(tasks=[])
+    with pytest.raises(SettingsError, match="engine"):
+        MinerSettings(engine="vllm\n0.6")
+    with pytest.raises(SettingsError, match="engine"):
+        MinerSettings(engine="x" * 201)
+
+
+ISSUED_AT = datetime(2030, 1, 1, tzinfo=UTC)
+LOGIN_TIME = ISSUED_AT + timedelta(seconds=1)
+
+
+class ScriptedOrchestrator:
+    """An orchestrator for tests (not a product part) on 127.0.0.1 that speaks protocol 2: a
+    challenge, a check of the auth's shape and of its EIP-4361 login, then what the test's
+    `script` does with the connection."""
+
+    def __init__(self, script: Callable[["ScriptedOrchestrator", web.WebSocketResponse], Awaitable[None]]):
+        self.script = script
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/v1/workers/connect"
+        self.issued = siwe.Challenge(
+            domain=f"127.0.0.1:{self.port}",
+            uri=self.url,
+            chain_id=31337,
+            nonce="a1b2c3d4e5f6a1b2c3d4e5f6",
+            issued_at=ISSUED_AT,
+            expiration_time=ISSUED_AT + timedelta(minutes=5),
+        )
+        self.challenge = Challenge(
+            domain=self.issued.domain,
+            uri=self.issued.uri,
+            chain_id=self.issued.chain_id,
+            nonce=self.issued.nonce,
+            issued_at=siwe.format_time(self.issued.issued_at),
+            expiration_time=siwe.format_time(self.issued.expiration_time),
+            statement=self.issued.statement,
+            version=self.issued.version,
+        )
+        self.auths: list[Auth] = []
+        self.signers: list[str] = []
+        self.replies: list[MinerMessage] = []
+
+    async def connect(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(encode(self.challenge))
+        frame = await ws.receive(timeout=10)
+        if frame.type is not WSMsgType.TEXT:
+            return ws
+        auth = decode_miner_message(frame.data.encode())
+        assert isinstance(auth, Auth)
+        self.auths.append(auth)
+        try:
+            signer = siwe.verify(auth.message, auth.signature, expected=self.issued, now=LOGIN_TIME)
+        except siwe.SiweError as error:
+            await ws.send_str(encode(Error(code="auth_failed", message=str(error))))
+            await ws.close(code=4401)
+            return ws
+        self.signers.append(signer)
+        await self.script(self, ws)
+        return ws
+
+    async def welcome_then_record(self, ws: web.WebSocketResponse, frames: list[str | bytes]) -> None:
+        """Welcome the miner, send `frames`, and record what it sends until it closes."""
+        await ws.send_str(
+            encode(Welcome(worker=self.signers[-1], session="s1", heartbeat_s=10, max_frame_bytes=1 << 20))
+        )
+        for frame in frames:
+            await (ws.send_str(frame) if isinstance(frame, str) else ws.send_bytes(frame))
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                self.replies.append(decode_miner_message(message.data.encode()))
+
+
+@contextlib.asynccontextmanager
+async def serving(orchestrator: ScriptedOrchestrator) -> AsyncIterator[ScriptedOrchestrator]:
+    app = web.Application()
+    app.router.add_get("/v1/workers/connect", orchestrator.connect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", orchestrator.port).start()
+    try:
+        yield orchestrator
+    finally:
+        await runner.cleanup()
+
+
+def job(job_id: str, model: str = "test-model", task: Task = "chat") -> str:
+    return encode(Job(job_id=job_id, model=model, task=task, input=CHAT, deadline_ms=5000))
+
+
+MALFORMED = [
+    "{not json\n\x1b[31mERROR forged log line",
+    '{"type": "gossip\\n\\u001b[31m", "job_id": "x"}',  # an unknown type
+    '{"type":\n"job", "model": "test-model", "task": "chat", "input": {}, "deadline_ms": 100}',  # no job_id
+    '{"type": "job", "job_id": "j0", "model": "m", "task": "chat", "input": {}, "deadline_ms": "soon"}',
+    '{"type": "verdict", "job_id": "j0", "agreed": true, "credit": "12\\nwei"}',
+    encode(Welcome(worker="0x0", session="again", heartbeat_s=10, max_frame_bytes=1 << 20)),
+    b"\x00binary\n",
+]
+
+
+async def test_the_agent_survives_malformed_frames_and_refuses_jobs_it_did_not_offer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="krewe.miner.agent")
+    frames: list[str | bytes] = [
+        *MALFORMED,
+        '{"type": "cancel", "job_id": "never-sent"}',  # crossed an answer: ignored, not malformed
+        job("j1", model="other-model"),
+        job("j2", task="embedding"),
+        job("j3"),
+    ]
+    backend = ScriptedBackend(tasks=["chat", "completion"])
+
+    async def script(orchestrator: ScriptedOrchestrator, ws: web.WebSocketResponse) -> None:
+        await orchestrator.welcome_then_record(ws, frames)
+
+    async with serving(ScriptedOrchestrator(script)) as orchestrator:
+        agent = agent_for(orchestrator.url, 0, backend)
+        async with running(agent):
+            await until(lambda: any(isinstance(r, Result) for r in orchestrator.replies), what="the answer")
+        [auth] = orchestrator.auths
+        assert orchestrator.signers == [agent.address]  # a standard EIP-4361 login, verified
+        assert auth.models == [ModelOffer(id="test-model", tasks=["chat", "completion"], engine="scripted/1")]
+        assert (auth.max_concurrency, auth.agent.startswith("krewe-miner/")) == (4, True)
+    assert orchestrator.replies[:2] == [
+        Reject(job_id="j1", reason="unsupported_model"),
+        Reject(job_id="j2", reason="bad_input"),
+    ]
+    [result] = orchestrator.replies[2:]
+    assert isinstance(result, Result) and result.job_id == "j3"
+    assert bytes(result.output) == canonical_json(honest_output("chat", CHAT))
+    assert backend.started == 1  # the refused jobs never reached the backend
+    assert agent.stats.malformed_frames == len(MALFORMED)
+    assert (agent.stats.jobs, agent.stats.answered, agent.stats.rejected) == (3, 1, 2)
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("ignored a frame from the orchestrator" in line for line in lines) == len(MALFORMED)
+    assert not [line for line in lines if "\n" in line or "\x1b" in line]
+
+
+async def test_a_refused_login_ignores_frames_after_the_error_and_reconnects() -> None:
+    async def refuse(orchestrator: ScriptedOrchestrator, ws: web.WebSocketResponse) -> None:
+        await ws.send_str(encode(Error(code="auth_failed", message="bad\nsignature")))
+        await ws.send_str(job("late"))
+        await ws.close(code=4401)
+
+    async with serving(ScriptedOrchestrator(refuse)) as orchestrator:
+        # a long first delay: the test stops the agent before it tries again
+        agent = agent_for(orchestrator.url, 0, ScriptedBackend(), reconnect_min_s=20, reconnect_max_s=20)
+        async with running(agent):
+            await until(lambda: agent.stats.reconnects == 1, what="the agent to give up the session")
+    assert orchestrator.signers == [agent.address]
+    assert (agent.stats.sessions, agent.stats.malformed_frames, agent.stats.jobs) == (0, 1, 0)
+    assert agent.stats.last_close_code == 4401
+
+
+async def test_a_challenge_that_makes_no_login_message_ends_the_session() -> None:
+    async def welcome(orchestrator: ScriptedOrchestrator, ws: web.WebSocketResponse) -> None:
+        await orchestrator.welcome_then_record(ws, [])
+
+    orchestrator = ScriptedOrchestrator(welcome)
+    orchestrator.challenge.issued_at = "yesterday"
+    async with serving(orchestrator):
+        agent = agent_for(orchestrator.url, 0, ScriptedBackend(), reconnect_min_s=20, reconnect_max_s=20)
+        async with running(agent):
+            await until(lambda: agent.stats.reconnects == 1, what="the agent to give up the session")
+    assert (orchestrator.auths, agent.stats.malformed_frames) == ([], 1)
+
+
+class BrokenBackend(ScriptedBackend):
+    """A backend for tests (not a product part) with a bug: every answer raises."""
+
+    async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("a bug in the backend")
+
+
+async def test_a_backend_that_raises_is_reported_as_internal_and_the_session_goes_on() -> None:
+    async def script(orchestrator: ScriptedOrchestrator, ws: web.WebSocketResponse) -> None:
+        await orchestrator.welcome_then_record(ws, [job("j1"), job("j2")])
+
+    async with serving(ScriptedOrchestrator(script)) as orchestrator:
+        agent = agent_for(orchestrator.url, 0, BrokenBackend())
+        async with running(agent):
+            await until(lambda: len(orchestrator.replies) == 2, what="both rejects")
+    assert sorted(orchestrator.replies, key=lambda reply: str(reply.job_id)) == [
+        Reject(job_id="j1", reason="internal"),
+        Reject(job_id="j2", reason="internal"),
+    ]
+    assert agent.stats.sessions == 1

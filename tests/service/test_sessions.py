@@ -100,12 +100,12 @@ async def test_a_second_login_supersedes_the_first_and_its_jobs_count_as_no_resp
     assert first.messages("error")[-1]["code"] == "superseded"
     decision = await asyncio.wait_for(task, timeout=10)
     assert decision.verdict.outcome.value == "agreed"
-    await until(lambda: first.address in harness.orchestrator.workers.scores, what="scores")
+    await until(lambda: first.address in harness.orchestrator.pool.scores, what="scores")
     record = await harness.orchestrator.records.get(decision.record["job_id"])
     assert record is not None
     answers = {w["worker"]: w for w in record["workers"]}
     assert answers[first.address]["answer"] == "timeout"
-    assert harness.orchestrator.workers.sessions[first.address] is not None  # the new session serves
+    assert harness.orchestrator.pool.sessions[first.address] is not None  # the new session serves
 
 
 async def test_violations_after_login_are_counted_then_close_with_4429(make_harness: Any) -> None:
@@ -137,7 +137,7 @@ async def test_a_different_second_result_is_a_violation_and_the_first_answer_cou
     double, _, _ = await harness.connected("double", "honest", "honest")
     status, body = await post(harness, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
     assert status == 200 and body["verdict"] == "agreed"
-    session = harness.orchestrator.workers.sessions[double.address]
+    session = harness.orchestrator.pool.sessions[double.address]
     await until(lambda: session.violations == 1, what="the violation to be counted")
     await until(lambda: bool(double.messages("verdict")), what="the verdict")
     assert double.messages("verdict")[0]["agreed"] is True
@@ -147,7 +147,7 @@ async def test_a_result_for_a_job_not_given_is_ignored(harness: Harness) -> None
     foreign, _, _ = await harness.connected("foreign", "honest", "honest")
     status, body = await post(harness, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
     assert status == 200 and body["verdict"] == "agreed"
-    assert harness.orchestrator.workers.sessions[foreign.address].violations == 0
+    assert harness.orchestrator.pool.sessions[foreign.address].violations == 0
     assert await harness.orchestrator.records.get("not-my-job") is None
 
 
@@ -155,18 +155,18 @@ async def test_output_that_is_not_strict_json_is_an_invalid_result(harness: Harn
     nan, _, _ = await harness.connected("nan", "honest", "honest")
     status, body = await post(harness, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
     assert status == 200 and body["verdict"] == "agreed"
-    await until(lambda: nan.address in harness.orchestrator.workers.scores, what="scores")
+    await until(lambda: nan.address in harness.orchestrator.pool.scores, what="scores")
     record = await harness.orchestrator.records.get(body["job_id"])
     assert record is not None
     assert {w["worker"]: w["answer"] for w in record["workers"]}[nan.address] == "invalid"
-    scores = harness.orchestrator.workers.scores
-    assert scores[nan.address].quality < harness.orchestrator.workers.scoring.prior
+    scores = harness.orchestrator.pool.scores
+    assert scores[nan.address].quality < harness.orchestrator.pool.scoring.prior
 
 
 async def test_status_replaces_what_a_miner_serves(harness: Harness) -> None:
     (miner,) = await harness.connected("honest")
     await miner.send({"type": "status", "models": ["other-model"], "max_concurrency": 2})
-    session = harness.orchestrator.workers.sessions[miner.address]
+    session = harness.orchestrator.pool.sessions[miner.address]
     await until(lambda: session.models == {"other-model"}, what="the status to apply")
     assert session.max_concurrency == 2
 
@@ -179,4 +179,4 @@ async def test_a_miner_that_stops_answering_pings_is_disconnected(make_harness: 
     assert (await lively.connect())["type"] == "welcome"
     await until(lambda: quiet.close_code is not None, what="the silent miner to be closed")
     assert quiet.close_code == CloseCode.HEARTBEAT_TIMEOUT
-    assert lively.address in harness.orchestrator.workers.sessions
+    assert lively.address in harness.orchestrator.pool.sessions

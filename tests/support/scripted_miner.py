@@ -1,19 +1,25 @@
-"""A scripted test miner that speaks PROTOCOL.md §1 over a real WebSocket, with a chosen behaviour.
+"""A scripted test miner that speaks PROTOCOL.md §1 (protocol 2) over a real WebSocket, with a
+chosen behaviour.
 
 Not a product part: the answers are made up instantly from the job's input, so that orchestrator
-tests control exactly who agrees with whom.
+tests control exactly who agrees with whom. It keeps the frames it receives as plain dicts, and
+can send anything, so that tests can forge logins and break the protocol on purpose.
 """
 
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 
 from krewe.keys import SigningKey
+from krewe.miner.agent import login_message
+from krewe.protocol.messages import Challenge, ModelOffer
 
 BEHAVIOURS = (
     "honest",
@@ -30,6 +36,11 @@ BEHAVIOURS = (
     "reject",
     "oversized",
 )
+
+
+def default_offers() -> list[ModelOffer]:
+    """What a scripted miner serves unless told otherwise."""
+    return [ModelOffer(id="test-model", tasks=["chat", "completion", "embedding"], engine="scripted/1")]
 
 
 def honest_output(task: str, job_input: dict[str, Any], *, salt: str = "") -> dict[str, Any]:
@@ -58,7 +69,7 @@ class ScriptedMiner:
     key: str  # hex private key
     address: str
     behaviour: str = "honest"
-    models: list[str] = field(default_factory=lambda: ["test-model"])
+    models: list[ModelOffer] = field(default_factory=default_offers)
     max_concurrency: int = 8
     delay_s: float = 0.0  # for "slow"
     autopong: bool = True  # False: never answer the orchestrator's pings
@@ -79,21 +90,31 @@ class ScriptedMiner:
             await session.close()
 
     async def connect(
-        self, *, signature: str | None = None, address: str | None = None, auth: dict[str, Any] | None = None
+        self,
+        *,
+        signature: str | None = None,
+        address: str | None = None,
+        message: str | Callable[[str], str] | None = None,
+        auth: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Log in; returns the welcome or the error message. The keyword arguments forge the login."""
+        """Log in; returns the welcome or the error message. The keyword arguments forge the login:
+        `address` signs in as another address (still signed with this miner's key), `message` is
+        the EIP-4361 text to send instead (or a function of the genuine text that tampers with
+        it), `signature` replaces the signature, and `auth` replaces the whole frame."""
         self.ws = await self.http.ws_connect(self.url, autoping=self.autopong, max_msg_size=0)
-        challenge = await self.ws.receive_json(timeout=10)
-        self.challenge = challenge
+        self.challenge = await self.ws.receive_json(timeout=10)
         if auth is None:
+            genuine = login_message(msgspec.convert(self.challenge, Challenge), address or self.address)
+            text = message(genuine) if callable(message) else message or genuine
             auth = {
                 "type": "auth",
-                "address": address or self.address,
-                "signature": signature or SigningKey.from_hex(self.key).sign_message(challenge["message"]),
-                "models": self.models,
+                "message": text,
+                "signature": signature or SigningKey.from_hex(self.key).sign_message(text),
+                "models": msgspec.to_builtins(self.models),
                 "max_concurrency": self.max_concurrency,
                 "agent": "scripted/1",
             }
+        self.auth = auth
         await self.ws.send_str(orjson.dumps(auth).decode())
         reply = await self._next()
         if reply.get("type") == "welcome":

@@ -9,18 +9,20 @@ from krewe.orchestrator.scoring import JobOutcome, PeerScore, ScoringConfig, upd
 from krewe.orchestrator.selection import Candidate, select_replicas
 
 MODEL = "m"
+TASK = "chat"
+SERVES = frozenset({(MODEL, TASK)})
 
 
-def pool(ranks: list[float], models: frozenset[str] = frozenset({MODEL})) -> list[Candidate]:
+def pool(ranks: list[float], serves: frozenset[tuple[str, str]] = SERVES) -> list[Candidate]:
     return [
-        Candidate(f"w{i:02d}", rank, models, in_flight=0, max_concurrency=4) for i, rank in enumerate(ranks)
+        Candidate(f"w{i:02d}", rank, serves, in_flight=0, max_concurrency=4) for i, rank in enumerate(ranks)
     ]
 
 
 def test_the_same_seed_gives_the_same_picks() -> None:
     candidates = pool([i / 10 for i in range(10)])
-    first = [select_replicas(candidates, MODEL, 3, rng=random.Random(42)).workers for _ in range(5)]
-    again = [select_replicas(candidates, MODEL, 3, rng=random.Random(42)).workers for _ in range(5)]
+    first = [select_replicas(candidates, MODEL, TASK, 3, rng=random.Random(42)).workers for _ in range(5)]
+    again = [select_replicas(candidates, MODEL, TASK, 3, rng=random.Random(42)).workers for _ in range(5)]
     assert first == again
 
 
@@ -28,7 +30,7 @@ def test_never_the_same_worker_twice_and_the_tail_comes_from_the_bottom_half() -
     candidates = pool([i / 10 for i in range(10)])  # top half: w05..w09
     rng = random.Random(1)
     for _ in range(500):
-        picked = select_replicas(candidates, MODEL, 3, rng=rng).workers
+        picked = select_replicas(candidates, MODEL, TASK, 3, rng=rng).workers
         assert len(set(picked)) == 3
         assert sum(worker >= "w05" for worker in picked) == 2
 
@@ -37,7 +39,9 @@ def test_every_worker_is_picked_and_the_tail_share_matches_expectation() -> None
     candidates = pool([i / 10 for i in range(10)])
     rng = random.Random(7)
     draws = 20_000
-    counts = Counter(w for _ in range(draws) for w in select_replicas(candidates, MODEL, 3, rng=rng).workers)
+    counts = Counter(
+        w for _ in range(draws) for w in select_replicas(candidates, MODEL, TASK, 3, rng=rng).workers
+    )
     assert set(counts) == {c.worker for c in candidates}
     # top half (5 workers) share 2 seats per job, the bottom half (5) share 1: 40% vs 20% per worker
     for worker, count in counts.items():
@@ -49,34 +53,35 @@ def test_a_zero_score_worker_is_picked_at_the_tail_rate() -> None:
     candidates = pool([0.0] + [0.9] * 6)  # top half: 4 of the 0.9s, tail: 2 of the 0.9s and the zero
     rng = random.Random(3)
     draws = 20_000
-    zero = sum("w00" in select_replicas(candidates, MODEL, 3, rng=rng).workers for _ in range(draws))
+    zero = sum("w00" in select_replicas(candidates, MODEL, TASK, 3, rng=rng).workers for _ in range(draws))
     assert zero / draws == pytest.approx(1 / 3, abs=0.02)
 
 
 def test_eligibility_model_capacity_and_exclude() -> None:
     candidates = [
-        Candidate("busy", 1.0, frozenset({MODEL}), in_flight=2, max_concurrency=2),
-        Candidate("other-model", 1.0, frozenset({"x"}), in_flight=0, max_concurrency=2),
-        Candidate("excluded", 1.0, frozenset({MODEL}), in_flight=0, max_concurrency=2),
-        Candidate("ok1", 0.5, frozenset({MODEL}), in_flight=1, max_concurrency=2),
-        Candidate("ok2", 0.1, frozenset({MODEL}), in_flight=0, max_concurrency=2),
+        Candidate("busy", 1.0, SERVES, in_flight=2, max_concurrency=2),
+        Candidate("other-model", 1.0, frozenset({("x", TASK)}), in_flight=0, max_concurrency=2),
+        Candidate("other-task", 1.0, frozenset({(MODEL, "embedding")}), in_flight=0, max_concurrency=2),
+        Candidate("excluded", 1.0, SERVES, in_flight=0, max_concurrency=2),
+        Candidate("ok1", 0.5, SERVES, in_flight=1, max_concurrency=2),
+        Candidate("ok2", 0.1, SERVES, in_flight=0, max_concurrency=2),
     ]
-    selection = select_replicas(candidates, MODEL, 3, rng=random.Random(0), exclude={"excluded"})
+    selection = select_replicas(candidates, MODEL, TASK, 3, rng=random.Random(0), exclude={"excluded"})
     assert selection.workers == ("ok1", "ok2")
     assert selection.shortfall == 1
 
 
 def test_tail_larger_than_the_bottom_half_is_made_up_from_the_top() -> None:
-    selection = select_replicas(pool([0.1, 0.2, 0.3, 0.4]), MODEL, 3, rng=random.Random(0), tail=3)
+    selection = select_replicas(pool([0.1, 0.2, 0.3, 0.4]), MODEL, TASK, 3, rng=random.Random(0), tail=3)
     assert len(set(selection.workers)) == 3
     assert selection.shortfall == 0
 
 
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="replicas"):
-        select_replicas(pool([1.0]), MODEL, 0, rng=random.Random(0))
+        select_replicas(pool([1.0]), MODEL, TASK, 0, rng=random.Random(0))
     with pytest.raises(ValueError, match="tail"):
-        select_replicas(pool([1.0]), MODEL, 2, rng=random.Random(0), tail=3)
+        select_replicas(pool([1.0]), MODEL, TASK, 2, rng=random.Random(0), tail=3)
 
 
 def test_scores_move_toward_outcomes_and_timeouts_weigh_less() -> None:

@@ -1,12 +1,20 @@
 """MinerAgent: one miner's connection to an orchestrator (PROTOCOL.md §1, the miner's side).
 
-    connect -> sign the challenge -> welcome -> jobs until the connection ends -> reconnect
+    connect -> sign in with Ethereum (EIP-4361) -> welcome -> jobs until the connection ends -> reconnect
 
-Reconnects wait an exponential delay with jitter, capped at `reconnect_max_s`, and start again
-from `reconnect_min_s` after a session that stayed up `healthy_session_s`. At most
-`max_concurrency` jobs run at once; more are rejected as `busy`. A job stops at its deadline or on
-`cancel`. On stop (SIGTERM) the agent rejects new jobs, lets running ones finish within
-`shutdown_grace_s`, and closes the connection normally.
+Every frame from the orchestrator is decoded into its typed struct, and every frame the agent sends
+is one (krewe.protocol.messages). A frame that does not decode, or that makes no sense where it
+arrives (a second welcome, a job id that is already running), is logged with its text escaped and
+truncated, counted in `MinerStats.malformed_frames`, and otherwise ignored: no frame the
+orchestrator sends ends the agent, and none reaches the log raw.
+
+The agent offers the backend's models (filtered by the `models` setting) and answers a job for a
+model or task it did not offer with a reject, without asking the backend. Reconnects wait an
+exponential delay with jitter, capped at `reconnect_max_s`, and start again from
+`reconnect_min_s` after a session that stayed up `healthy_session_s`. At most `max_concurrency`
+jobs run at once; more are rejected as `busy`. A job stops at its deadline or on `cancel`. On stop
+(SIGTERM) the agent rejects new jobs, lets running ones finish within `shutdown_grace_s`, and
+closes the connection normally.
 """
 
 import asyncio
@@ -20,18 +28,71 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 
 from krewe import __version__
 from krewe.keys import SigningKey
 from krewe.miner.backends import Backend, BackendError
 from krewe.miner.config import MinerSettings
+from krewe.protocol import siwe
 from krewe.protocol.canonical import CanonicalError, canonical_json
-from krewe.protocol.messages import CloseCode
+from krewe.protocol.messages import (
+    Auth,
+    Cancel,
+    Challenge,
+    CloseCode,
+    Error,
+    Job,
+    MessageError,
+    MinerMessage,
+    ModelOffer,
+    OrchestratorMessage,
+    Reject,
+    RejectReason,
+    Result,
+    Status,
+    Verdict,
+    Welcome,
+    decode_miner_message,
+    decode_orchestrator_message,
+    encode,
+)
 
-__all__ = ["MinerAgent", "MinerStats"]
+__all__ = ["MinerAgent", "MinerStats", "login_message", "offered", "untrusted"]
 
 log = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT_S = 30.0  # for each of the challenge and the welcome
+CLOSE_TIMEOUT_S = 10.0  # for the close frame that follows a refused login
+UNTRUSTED_LOG_CHARS = 200
+MAX_WEI_DIGITS = 78  # 2**256 - 1 has 78 digits
+
+
+def untrusted(text: str | bytes) -> str:
+    """Text from the other side, fit for one log line: ASCII-escaped, so that no newline or
+    terminal escape gets through, and truncated."""
+    shown = ascii(text[:UNTRUSTED_LOG_CHARS])
+    return shown + "..." if len(text) > UNTRUSTED_LOG_CHARS else shown
+
+
+def offered(offers: list[ModelOffer], wanted: list[str]) -> list[ModelOffer]:
+    """The backend's offers, only those whose model is in `wanted` unless it is empty."""
+    return [offer for offer in offers if not wanted or offer.id in wanted]
+
+
+def login_message(challenge: Challenge, address: str) -> str:
+    """The EIP-4361 text that signs in `address` with the challenge's fields; ValueError if the
+    challenge's fields do not make one (a time that is not RFC 3339, say)."""
+    return siwe.Challenge(
+        domain=challenge.domain,
+        uri=challenge.uri,
+        chain_id=challenge.chain_id,
+        nonce=challenge.nonce,
+        issued_at=siwe.parse_time(challenge.issued_at),
+        expiration_time=siwe.parse_time(challenge.expiration_time),
+        statement=challenge.statement,
+        version=challenge.version,
+    ).message_for(address)
 
 
 @dataclass
@@ -42,6 +103,7 @@ class MinerStats:
     rejected: int = 0
     agreed: int = 0
     credited_wei: int = 0
+    malformed_frames: int = 0  # frames from the orchestrator that were not valid where they arrived
     last_close_code: int | None = None
     reconnects: int = 0
     # the latest reconnect delays, bounded so that a miner that runs for months does not grow
@@ -63,6 +125,9 @@ class MinerAgent:
         self._backend = backend
         self._rng = rng or random.Random()
         self._clock = clock
+        self.offers = offered(backend.offers(), settings.models)
+        _check_offers(self.offers, settings)
+        self._tasks_by_model = {offer.id: frozenset(offer.tasks) for offer in self.offers}
         self.stats = MinerStats()
         self._stop = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -84,8 +149,10 @@ class MinerAgent:
                 self._welcomed_at = None
                 try:
                     await self._session(http)
-                except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                    log.warning("connection to %s failed: %s", self.settings.orchestrator_url, error)
+                except (aiohttp.ClientError, OSError) as error:  # OSError includes TimeoutError
+                    # a bare TimeoutError is the login's; aiohttp's own timeouts are subclasses
+                    reason = "the login did not complete in time" if type(error) is TimeoutError else error
+                    log.warning("connection to %s failed: %s", self.settings.orchestrator_url, reason)
                 if self._stop.is_set():
                     break
                 welcomed = self._welcomed_at
@@ -101,31 +168,14 @@ class MinerAgent:
 
     async def _session(self, http: aiohttp.ClientSession) -> None:
         async with http.ws_connect(self.settings.orchestrator_url, max_msg_size=0) as ws:
-            challenge = await ws.receive_json(timeout=30)
-            if challenge.get("type") != "challenge":
-                raise aiohttp.ClientError(f"expected a challenge, got {challenge.get('type')!r}")
-            await ws.send_str(
-                orjson.dumps(
-                    {
-                        "type": "auth",
-                        "address": self._key.address,
-                        "signature": self._key.sign_message(challenge["message"]),
-                        "models": self.settings.models or self._backend.models(),
-                        "max_concurrency": self.settings.max_concurrency,
-                        "agent": f"krewe-miner/{__version__}",
-                    }
-                ).decode()
-            )
-            reply = await ws.receive_json(timeout=30)
-            if reply.get("type") != "welcome":
-                log.error("login refused: %s: %s", reply.get("code"), reply.get("message"))
-                await ws.receive()  # the close frame
-                self.stats.last_close_code = ws.close_code
+            welcome = await self._login(ws)
+            self.stats.last_close_code = ws.close_code
+            if welcome is None:
                 return
             self.stats.sessions += 1
             self._welcomed_at = self._clock()
             self.connected.set()
-            log.info("logged in as %s, session %s", reply["worker"], reply["session"])
+            log.info("logged in as %s, session %s", untrusted(welcome.worker), untrusted(welcome.session))
             stopper = asyncio.ensure_future(self._stop.wait())
             try:
                 await self._serve(ws, stopper)
@@ -134,9 +184,77 @@ class MinerAgent:
                 self.connected.clear()
                 self.stats.last_close_code = ws.close_code
 
+    async def _login(self, ws: aiohttp.ClientWebSocketResponse) -> Welcome | None:
+        """Answer the challenge; the welcome, or None when the login did not succeed."""
+        challenge = await self._expect(ws, Challenge, Error)
+        if not isinstance(challenge, Challenge):
+            await self._refused(ws, challenge)
+            return None
+        try:
+            message = login_message(challenge, self.address)
+        except ValueError as error:
+            self._malformed(f"a challenge that makes no EIP-4361 message: {error}", encode(challenge))
+            return None
+        auth = Auth(
+            message=message,
+            signature=self._key.sign_message(message),
+            models=self.offers,
+            max_concurrency=self.settings.max_concurrency,
+            agent=f"krewe-miner/{__version__}",
+        )
+        await self._send(ws, auth)
+        reply = await self._expect(ws, Welcome, Error)
+        if not isinstance(reply, Welcome):
+            await self._refused(ws, reply)
+            return None
+        return reply
+
+    async def _refused(self, ws: aiohttp.ClientWebSocketResponse, error: OrchestratorMessage | None) -> None:
+        """Log why the orchestrator refused the login, and wait (bounded) for its close frame."""
+        if isinstance(error, Error):
+            log.error("login refused: %s: %s", untrusted(error.code), untrusted(error.message))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                while (late := await self._receive(ws)) is not None:
+                    self._unexpected(late)
+
+    async def _expect(
+        self, ws: aiohttp.ClientWebSocketResponse, *kinds: type[OrchestratorMessage]
+    ) -> OrchestratorMessage | None:
+        """The next message of one of `kinds`, skipping (and counting) any other; None if the
+        connection ends first. TimeoutError after LOGIN_TIMEOUT_S."""
+        async with asyncio.timeout(LOGIN_TIMEOUT_S):
+            while (message := await self._receive(ws)) is not None:
+                if isinstance(message, kinds):
+                    return message
+                self._unexpected(message)
+        return None
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> OrchestratorMessage | None:
+        """The next message that decodes, or None once the connection has ended; the malformed
+        frames before it are counted and skipped."""
+        while True:
+            frame = await ws.receive()
+            if frame.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    return decode_orchestrator_message(frame.data.encode())
+                except MessageError as error:
+                    self._malformed(str(error), frame.data)
+            elif frame.type is aiohttp.WSMsgType.BINARY:
+                self._malformed("a binary frame", frame.data)
+            else:  # close, closing, closed or error; aiohttp answers pings itself
+                return None
+
+    def _malformed(self, why: str, frame: str | bytes) -> None:
+        self.stats.malformed_frames += 1
+        log.warning("ignored a frame from the orchestrator (%s): %s", untrusted(why), untrusted(frame))
+
+    def _unexpected(self, message: OrchestratorMessage) -> None:
+        self._malformed(f"unexpected {type(message).__name__.lower()}", encode(message))
+
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, stopper: "asyncio.Future[Any]") -> None:
         while True:
-            receive = asyncio.ensure_future(ws.receive())
+            receive = asyncio.ensure_future(self._receive(ws))
             done, _ = await asyncio.wait({receive, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
                 receive.cancel()
@@ -144,66 +262,116 @@ class MinerAgent:
                 await ws.close(code=CloseCode.NORMAL, message=b"miner stopping")
                 return
             message = receive.result()
-            if message.type is not aiohttp.WSMsgType.TEXT:
+            if message is None:
                 for task in self._running.values():
                     task.cancel()
                 return
-            await self._handle(ws, orjson.loads(message.data))
+            await self._handle(ws, message)
 
-    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "job":
-            self.stats.jobs += 1
-            job_id = message["job_id"]
-            if len(self._running) >= self.settings.max_concurrency or self._stop.is_set():
-                await self._send(ws, {"type": "reject", "job_id": job_id, "reason": "busy"})
-                self.stats.rejected += 1
-                return
-            task = asyncio.get_running_loop().create_task(self._run_job(ws, message))
-            self._running[job_id] = task
-            task.add_done_callback(lambda _: self._running.pop(job_id, None))
-        elif kind == "cancel":
-            cancelled = self._running.get(message.get("job_id", ""))
-            if cancelled is not None:
-                cancelled.cancel()
-        elif kind == "verdict":
-            if message.get("agreed"):
-                self.stats.agreed += 1
-            self.stats.credited_wei += int(message.get("credit", "0"))
-        elif kind == "error":
-            log.warning("orchestrator says %s: %s", message.get("code"), message.get("message"))
+    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, message: OrchestratorMessage) -> None:
+        match message:
+            case Job():
+                await self._start(ws, message)
+            case Cancel():
+                # a cancel for a job that is not running crossed its answer: nothing left to stop
+                running = self._running.get(message.job_id)
+                if running is not None:
+                    running.cancel()
+            case Verdict():
+                credit = _wei(message.credit)
+                if credit is None:
+                    self._malformed("a credit that is not a decimal amount of wei", encode(message))
+                    return
+                if message.agreed:
+                    self.stats.agreed += 1
+                self.stats.credited_wei += credit
+            case Error():
+                log.warning("orchestrator says %s: %s", untrusted(message.code), untrusted(message.message))
+            case Challenge() | Welcome():
+                self._unexpected(message)
 
-    async def _run_job(self, ws: aiohttp.ClientWebSocketResponse, job: dict[str, Any]) -> None:
-        job_id = job["job_id"]
-        deadline_s = max(0.001, int(job.get("deadline_ms", 30_000)) / 1000)
+    async def _start(self, ws: aiohttp.ClientWebSocketResponse, job: Job) -> None:
+        if job.job_id in self._running:
+            self._malformed("a job id that is already running", encode(job))
+            return
+        self.stats.jobs += 1
+        reason = self._refusal(job)
+        if reason is not None:
+            log.info("job %s rejected: %s", untrusted(job.job_id), reason)
+            await self._reject(ws, job.job_id, reason)
+            return
+        task = asyncio.get_running_loop().create_task(self._run_job(ws, job))
+        self._running[job.job_id] = task
+        task.add_done_callback(lambda _: self._running.pop(job.job_id, None))
+
+    def _refusal(self, job: Job) -> RejectReason | None:
+        """Why the job is rejected before the backend sees it, if it is."""
+        tasks = self._tasks_by_model.get(job.model)
+        if tasks is None:
+            return "unsupported_model"
+        if job.task not in tasks:
+            return "bad_input"
+        if len(self._running) >= self.settings.max_concurrency or self._stop.is_set():
+            return "busy"
+        return None
+
+    async def _run_job(self, ws: aiohttp.ClientWebSocketResponse, job: Job) -> None:
+        label = untrusted(job.job_id)
         try:
             output = await asyncio.wait_for(
-                self._backend.answer(job["model"], job["task"], job.get("input") or {}), timeout=deadline_s
+                self._backend.answer(job.model, job.task, job.input), timeout=job.deadline_ms / 1000
             )
-            canonical_json(output)  # an answer with no canonical form would only count as invalid
+            canonical = canonical_json(output)  # an answer with no canonical form would only count as invalid
         except TimeoutError:
-            log.info("job %s passed its deadline", job_id)
+            log.info("job %s passed its deadline", label)
             return
         except BackendError as error:
-            log.info("job %s rejected (%s): %s", job_id, error.reason, error)
-            await self._send(ws, {"type": "reject", "job_id": job_id, "reason": error.reason})
-            self.stats.rejected += 1
+            log.info("job %s rejected (%s): %s", label, error.reason, untrusted(str(error)))
+            await self._reject(ws, job.job_id, error.reason)
             return
         except CanonicalError as error:
-            log.error("job %s: the backend's answer has no canonical JSON form: %s", job_id, error)
-            await self._send(ws, {"type": "reject", "job_id": job_id, "reason": "internal"})
-            self.stats.rejected += 1
+            log.error("job %s: the backend's answer has no canonical JSON form: %s", label, error)
+            await self._reject(ws, job.job_id, "internal")
             return
-        await self._send(ws, {"type": "result", "job_id": job_id, "output": output})
+        except Exception:  # a backend's bug: the orchestrator hears of it now, not at the deadline
+            log.exception("job %s: the backend failed", label)
+            await self._reject(ws, job.job_id, "internal")
+            return
+        await self._send(ws, Result(job_id=job.job_id, output=msgspec.Raw(canonical)))
         self.stats.answered += 1
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
+    async def _reject(self, ws: aiohttp.ClientWebSocketResponse, job_id: str, reason: RejectReason) -> None:
+        await self._send(ws, Reject(job_id=job_id, reason=reason))
+        self.stats.rejected += 1
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: MinerMessage) -> None:
         if not ws.closed:
             with contextlib.suppress(ConnectionError):
-                await ws.send_str(orjson.dumps(message).decode())
+                await ws.send_str(encode(message))
 
     async def _finish_running(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=self.settings.shutdown_grace_s)
         for task in self._running.values():
             task.cancel()
+
+
+def _wei(text: str) -> int | None:
+    """A credit's amount: decimal digits of a uint256, or None."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_WEI_DIGITS:
+        return int(text)
+    return None
+
+
+def _check_offers(offers: list[ModelOffer], settings: MinerSettings) -> None:
+    """Refuse, before connecting, an offer the orchestrator would refuse at every login."""
+    if not offers and settings.models:
+        raise BackendError("internal", f"models: the backend offers none of {', '.join(settings.models)}")
+    if not offers:
+        raise BackendError("internal", "the backend offers no model")
+    try:
+        decode_miner_message(encode(Status(models=offers, max_concurrency=settings.max_concurrency)).encode())
+    except MessageError as error:
+        raise BackendError(
+            "internal", f"the backend's models cannot be offered ({error}); set `models` to those to serve"
+        ) from None

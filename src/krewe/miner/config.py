@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from krewe.protocol.messages import MAX_CONCURRENCY, MAX_ENGINE_CHARS, TASKS
 from krewe.settings import SettingsError, setting
 
 __all__ = ["MinerSettings"]
@@ -20,12 +21,20 @@ class MinerSettings:
     backend: str = setting("local", "where answers come from: 'local' (built-in embedding model) or 'openai'")
     models: list[str] = setting([], "model ids to serve (empty: what the backend offers)")
     base_url: str = setting("http://127.0.0.1:11434/v1", "the OpenAI-compatible server (openai backend)")
+    tasks: list[str] = setting(
+        ["chat", "completion"], "tasks offered for each model (openai backend): chat, completion, embedding"
+    )
+    engine: str = setting(
+        "",
+        "engine class of the openai backend's models: what decides their output bytes, e.g. "
+        "'vllm-0.6.3/qwen2.5-0.5b-bf16/h100' (empty: openai-compatible/<base_url host>)",
+    )
     backend_api_key: str = setting(
         "", "API key for the OpenAI-compatible server, if it needs one", secret=True
     )
     backend_timeout_s: float = setting(120.0, "longest wait for the backend on one job")
     seed: int = setting(0, "decoding seed forced on the openai backend (with temperature 0)")
-    max_concurrency: int = setting(4, "jobs run at once; more are rejected as busy")
+    max_concurrency: int = setting(4, "jobs run at once (at most 1024); more are rejected as busy")
     reconnect_min_s: float = setting(0.5, "first reconnect delay")
     reconnect_max_s: float = setting(30.0, "longest reconnect delay")
     healthy_session_s: float = setting(60.0, "a session this long resets the reconnect delay")
@@ -48,3 +57,12 @@ class MinerSettings:
                 raise SettingsError(f"{name}: must be positive, not {getattr(self, name)}")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise SettingsError("reconnect_min_s: above reconnect_max_s")
+        if self.max_concurrency > MAX_CONCURRENCY:
+            raise SettingsError(f"max_concurrency: at most {MAX_CONCURRENCY}, not {self.max_concurrency}")
+        unknown = [task for task in self.tasks if task not in TASKS]
+        if unknown or not self.tasks:
+            raise SettingsError(f"tasks: a non-empty list of {', '.join(TASKS)}, not {self.tasks!r}")
+        if len(self.engine) > MAX_ENGINE_CHARS or not all(" " <= char <= "~" for char in self.engine):
+            raise SettingsError(
+                f"engine: at most {MAX_ENGINE_CHARS} printable ASCII characters, not {self.engine!r}"
+            )

@@ -21,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from krewe import __version__
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.endpoint import WorkerEndpoint
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import Decision, JobError, JobRouter
-from krewe.orchestrator.workers import WorkerManager
 
 __all__ = ["ApiError", "Services", "build_app"]
 
@@ -54,7 +55,8 @@ class Services(Protocol):
 
     settings: OrchestratorSettings
     metrics: Metrics
-    workers: WorkerManager
+    pool: SessionPool
+    endpoint: WorkerEndpoint
     router: JobRouter
     ledger: LedgerService
     records: JobStore
@@ -161,7 +163,7 @@ def build_app(services: Services) -> web.Application:
 
     app = web.Application(middlewares=[errors, access], client_max_size=settings.max_body_bytes)
     handlers = _Handlers(services)
-    app.router.add_get("/v1/workers/connect", services.workers.handle)
+    app.router.add_get("/v1/workers/connect", services.endpoint.handle)
     for method, path, handler in handlers.routes():
         app.router.add_route(method, path, handler)
     return app
@@ -328,7 +330,8 @@ class _Handlers:
     async def models(self, request: web.Request) -> web.StreamResponse:
         """The models that connected miners serve."""
         data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "krewe"} for m in self.s.workers.models()
+            {"id": model, "object": "model", "created": 0, "owned_by": "krewe", "krewe": {"tasks": tasks}}
+            for model, tasks in self.s.pool.models().items()
         ]
         return json_response({"object": "list", "data": data})
 
@@ -365,14 +368,17 @@ class _Handlers:
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
         """Connected miners, their scores and load."""
-        workers = self.s.workers
+        pool = self.s.pool
         rows = []
-        for session in workers.sessions.values():
-            score = workers.score(session.address)
+        for session in pool.sessions.values():
+            score = pool.score(session.address)
             rows.append(
                 {
                     "worker": session.address,
-                    "models": sorted(session.models),
+                    "models": [
+                        {"id": offer.id, "tasks": list(offer.tasks), "engine": offer.engine}
+                        for offer in session.offers
+                    ],
                     "max_concurrency": session.max_concurrency,
                     "in_flight": session.in_flight,
                     "agent": session.agent,

@@ -32,12 +32,13 @@ from krewe.orchestrator.api import build_app
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.endpoint import WorkerEndpoint
 from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
 from krewe.orchestrator.settlement import Settler
-from krewe.orchestrator.workers import WorkerManager
 from krewe.settings import SettingsError
 
 __all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve"]
@@ -97,9 +98,12 @@ class Orchestrator:
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
         self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s)
-        self.workers = WorkerManager(settings, registry, self.metrics, chain_id=self.chain.chain_id)
+        self.pool = SessionPool()
         rng = random.Random(settings.seed)
-        self.router = JobRouter(settings, self.workers, self.ledger, self.records, self.metrics, rng=rng)
+        self.router = JobRouter(settings, self.pool, self.ledger, self.records, self.metrics, rng=rng)
+        self.endpoint = WorkerEndpoint(
+            settings, self.pool, self.router, registry, self.metrics, chain_id=self.chain.chain_id
+        )
         self.settler = Settler(
             self.ledger,
             self.chain,
@@ -114,7 +118,8 @@ class Orchestrator:
         self.port = self.runner.addresses[0][1]
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self.workers.heartbeat()),
+            loop.create_task(self.endpoint.heartbeat()),
+            loop.create_task(self.endpoint.recheck_registry()),
             loop.create_task(self._settle_every_window()),
         ]
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
@@ -160,14 +165,16 @@ class Orchestrator:
             await self.ledger.totals()
         except Exception:
             checks["ledger"] = False
+        checks["ledger"] = checks["ledger"] and self.router.ledger_writable
         return checks
 
     async def stop(self) -> None:
         log.info("shutting down: finishing in-flight jobs (up to %g s)", self.settings.shutdown_grace_s)
         self._stop.set()
-        self.workers.accepting = False
+        self.endpoint.accepting = False
         await self.router.drain(self.settings.shutdown_grace_s)
-        await self.workers.close_all()
+        await self.endpoint.close_all()
+        await self.router.drain(self.settings.shutdown_grace_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from krewe.settings import SettingsError, setting
 
-__all__ = ["OrchestratorSettings"]
+__all__ = ["MAX_REPLICAS", "OrchestratorSettings"]
+
+MAX_REPLICAS = 16
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class OrchestratorSettings:
         10**15, "credit per agreeing miner per job, in wei, for models not in model_rewards"
     )
     model_rewards: dict[str, int] = setting({}, "credit per agreeing miner per job by model id, in wei")
+    min_credit_replicas: int | None = setting(
+        None, "distinct miners a job must be sent to before anyone is credited for it (unset: replicas)"
+    )
+    min_credit_threshold: int | None = setting(
+        None, "agreeing miners a job needs before anyone is credited for it (unset: threshold)"
+    )
     settlement_window_s: float = setting(60.0, "seconds between settlements")
     max_batch: int = setting(500, "most workers in one batchDistributeRewards")
     receipt_timeout_s: float = setting(60.0, "seconds to wait for a settlement receipt before a fee bump")
@@ -47,6 +55,9 @@ class OrchestratorSettings:
         0, "block the distributor was deployed in: settlement's event searches start there"
     )
     registry_cache_s: float = setting(30.0, "seconds a registry answer (isActive) is reused")
+    registry_timeout_s: float = setting(
+        3.0, "longest wait for a registry read during a login (then 1013 registry_unavailable)"
+    )
     key_file: Path | None = setting(None, "encrypted keystore (V3 JSON) of the orchestrator's key")
     key_password_file: Path | None = setting(None, "file holding the keystore's password")
     key_password_env: str = setting(
@@ -70,7 +81,7 @@ class OrchestratorSettings:
             "port", "replicas", "threshold", "job_timeout_ms", "max_job_timeout_ms", "heartbeat_s",
             "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
             "settlement_window_s", "max_batch", "receipt_timeout_s", "rate_limit_per_s", "rate_limit_burst",
-            "job_retention_s", "shutdown_grace_s",
+            "job_retention_s", "shutdown_grace_s", "registry_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -84,6 +95,10 @@ class OrchestratorSettings:
         for name in ("redispatch_max", "registry_cache_s", "chain_from_block"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: cannot be negative")
+        for name in ("min_credit_replicas", "min_credit_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_REPLICAS:
+                raise SettingsError(f"{name}: must be between 1 and {MAX_REPLICAS}, not {value}")
         if self.reward_wei < 0 or any(wei < 0 for wei in self.model_rewards.values()):
             raise SettingsError("reward_wei: rewards cannot be negative")
         if self.job_timeout_ms > self.max_job_timeout_ms:

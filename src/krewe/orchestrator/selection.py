@@ -1,6 +1,6 @@
 """Replica selection: "top half by score + random tail".
 
-Eligible workers (connected, serving the model, below their `max_concurrency`, not excluded)
+Eligible workers (connected, serving the model for the task, below their `max_concurrency`, not excluded)
 are ranked by score, best first, ties broken by worker id so that a ranking is reproducible.
 `replicas - tail` are drawn at random from the top half (the first ceil(n/2)), `tail` at random
 from the rest, so new and low-ranked workers keep being tried and no one wins every job. When one
@@ -28,7 +28,7 @@ class Eligible(Protocol):
     def rank(self) -> float: ...
 
     @property
-    def models(self) -> frozenset[str]: ...
+    def serves(self) -> frozenset[tuple[str, str]]: ...  # (model, task) pairs
 
     @property
     def in_flight(self) -> int: ...
@@ -43,7 +43,7 @@ class Candidate:
 
     worker: str
     rank: float
-    models: frozenset[str]
+    serves: frozenset[tuple[str, str]]
     in_flight: int
     max_concurrency: int
 
@@ -57,6 +57,7 @@ class Selection:
 def select_replicas(
     candidates: Iterable[Eligible],
     model: str,
+    task: str,
     replicas: int,
     *,
     rng: random.Random,
@@ -70,7 +71,7 @@ def select_replicas(
     eligible = [
         c
         for c in candidates
-        if model in c.models and c.in_flight < c.max_concurrency and c.worker not in exclude
+        if (model, task) in c.serves and c.in_flight < c.max_concurrency and c.worker not in exclude
     ]
     eligible.sort(key=lambda c: (-c.rank, c.worker))
     if len(eligible) <= replicas:

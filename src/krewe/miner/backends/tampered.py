@@ -4,6 +4,7 @@ every answer slightly, so that consensus visibly rejects the miner running it.""
 from typing import Any
 
 from krewe.miner.backends import Backend
+from krewe.protocol.messages import ModelOffer
 
 __all__ = ["TamperedBackend"]
 
@@ -12,8 +13,8 @@ class TamperedBackend:
     def __init__(self, honest: Backend) -> None:
         self._honest = honest
 
-    def models(self) -> list[str]:
-        return self._honest.models()
+    def offers(self) -> list[ModelOffer]:
+        return self._honest.offers()  # the honest engine class, so that its answers are compared and lose
 
     async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
         output = await self._honest.answer(model, task, job_input)

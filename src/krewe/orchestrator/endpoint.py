@@ -1,0 +1,350 @@
+"""The miners' WebSocket endpoint (docs/protocol.md §1): login, frames, heartbeats.
+
+One connection's life:
+
+    connect -> challenge sent -> auth within auth_timeout_s -> EIP-4361 message, signature, expiry
+    and registry checked -> welcome -> frames until close
+
+This module only moves frames. What a session serves and holds lives in the `SessionPool`; what a
+result or reject means for its job is the router's (`JobEvents`). A malformed frame after login
+is a violation (the miner is told why), and `max_violations` of them close the session with 4429.
+Heartbeats are WebSocket pings sent by one loop for all sessions; a session that has not answered
+for `heartbeat_misses` intervals is closed. A second login by the same address closes the first
+session with 4409. Whenever a session ends, the router is told, so its jobs count as no-response.
+"""
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from aiohttp import WSMsgType, web
+
+from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.pool import Session, SessionPool
+from krewe.protocol import siwe
+from krewe.protocol.messages import (
+    Auth,
+    Challenge,
+    CloseCode,
+    Error,
+    ErrorCode,
+    MessageError,
+    Reject,
+    Result,
+    Status,
+    Welcome,
+    decode_miner_message,
+    encode,
+)
+from krewe.untrusted import untrusted
+
+__all__ = ["JobEvents", "Registry", "WorkerEndpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class Registry(Protocol):
+    async def is_active(self, worker: str) -> bool: ...
+
+
+class JobEvents(Protocol):
+    """What the router hears from sessions; each returns a violation to hold against the sender."""
+
+    def on_result(self, session: Session, message: Result) -> str | None: ...
+
+    def on_invalid(self, session: Session, job_id: str) -> str | None: ...
+
+    def on_reject(self, session: Session, message: Reject) -> str | None: ...
+
+    def on_session_closed(self, session: Session) -> None: ...
+
+    def on_deregistered(self, worker: str) -> None: ...
+
+
+class _Socket:
+    """A session's channel: the WebSocket it was logged in on."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, frame: str) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def close(self, close_code: int, code: str, message: str) -> None:
+        await self.send(encode(Error(code, message)))
+        await self.ws.close(code=close_code, message=code.encode())
+
+
+class _RefusedError(Exception):
+    """A login refused: the error sent to the miner and the close code that follows."""
+
+    def __init__(self, close_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.close_code, self.code, self.message = close_code, code, message
+
+
+def _auth_failed(message: str) -> _RefusedError:
+    return _RefusedError(CloseCode.AUTH_FAILED, ErrorCode.AUTH_FAILED, message)
+
+
+def _bad_message(message: str) -> _RefusedError:
+    return _RefusedError(CloseCode.BAD_MESSAGE, ErrorCode.BAD_MESSAGE, message)
+
+
+class WorkerEndpoint:
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        pool: SessionPool,
+        events: JobEvents,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        chain_id: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._events = events
+        self._registry = registry
+        self._metrics = metrics
+        self._chain_id = chain_id
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._connections: set[web.WebSocketResponse] = set()
+        self.accepting = True
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """GET /v1/workers/connect."""
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, autoping=False)
+        await ws.prepare(request)
+        if not self.accepting:
+            await ws.close(code=CloseCode.GOING_AWAY, message=b"shutting down")
+            return ws
+        self._connections.add(ws)
+        try:
+            session = await self._login(_Socket(ws))
+            if session is not None:
+                await self._serve(session, ws)
+        except _RefusedError as refusal:
+            self._metrics.logins.labels(refusal.code).inc()
+            if not ws.closed:
+                await _Socket(ws).close(refusal.close_code, refusal.code, refusal.message)
+        finally:
+            self._connections.discard(ws)
+        return ws
+
+    def _challenge(self) -> siwe.Challenge:
+        issued = self._wall_clock()
+        return siwe.Challenge(
+            domain=self.settings.connect_url.split("/")[2],
+            uri=self.settings.connect_url,
+            chain_id=self._chain_id,
+            nonce=secrets.token_hex(16),
+            issued_at=issued,
+            expiration_time=issued + timedelta(seconds=self.settings.auth_timeout_s),
+            statement=siwe.STATEMENT,
+            version="1",
+        )
+
+    async def _login(self, socket: _Socket) -> Session | None:
+        """Challenge, verify, welcome. None if the miner hung up; raises _RefusedError to refuse."""
+        challenge = self._challenge()
+        await socket.send(encode(_challenge_frame(challenge)))
+        auth = await self._receive_auth(socket.ws)
+        if auth is None:
+            return None
+        try:
+            signer = siwe.verify(auth.message, auth.signature, expected=challenge, now=self._wall_clock())
+        except siwe.SiweError as error:
+            raise _auth_failed(str(error)) from None
+        await self._check_registered(signer)
+        now = self._clock()
+        session = Session(
+            secrets.token_hex(8),
+            signer,
+            socket,
+            tuple(auth.models),
+            auth.max_concurrency,
+            auth.agent,
+            now,
+            now,
+        )
+        previous = self._pool.add(session)
+        self._metrics.miners.set(len(self._pool.sessions))
+        if previous is not None:
+            await previous.channel.close(
+                CloseCode.SUPERSEDED, ErrorCode.SUPERSEDED, "logged in again elsewhere"
+            )
+        self._metrics.logins.labels("ok").inc()
+        heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
+        await socket.send(encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes)))
+        offers = ", ".join(f"{offer.id} ({'/'.join(offer.tasks)})" for offer in auth.models)
+        log.info("miner %s logged in (%s; %s)", signer, untrusted(auth.agent), untrusted(offers))
+        return session
+
+    async def _receive_auth(self, ws: web.WebSocketResponse) -> Auth | None:
+        timeout = self.settings.auth_timeout_s
+        try:
+            frame = await asyncio.wait_for(ws.receive(), timeout=timeout)
+        except TimeoutError:
+            raise _RefusedError(
+                CloseCode.AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT, f"no auth within {timeout:g} s"
+            ) from None
+        if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        if frame.type is not WSMsgType.TEXT:
+            raise _bad_message("expected a text frame")
+        try:
+            auth = decode_miner_message(frame.data.encode())
+        except MessageError as error:
+            raise _bad_message(str(error)) from None
+        if not isinstance(auth, Auth):
+            raise _bad_message("the first message must be auth")
+        return auth
+
+    async def _check_registered(self, signer: str) -> None:
+        try:
+            active = await asyncio.wait_for(
+                self._registry.is_active(signer), timeout=self.settings.registry_timeout_s
+            )
+        except Exception as error:  # the chain is unreachable or slow: the miner may retry later
+            log.warning("registry check for %s failed: %s", signer, error or type(error).__name__)
+            message = "cannot check the registry now; retry later"
+            raise _RefusedError(CloseCode.TRY_AGAIN_LATER, ErrorCode.REGISTRY_UNAVAILABLE, message) from None
+        if not active:
+            message = f"{signer} is not an active worker in the registry"
+            raise _RefusedError(CloseCode.NOT_REGISTERED, ErrorCode.NOT_REGISTERED, message)
+
+    async def _serve(self, session: Session, ws: web.WebSocketResponse) -> None:
+        try:
+            async for frame in ws:
+                session.last_seen = self._clock()
+                if frame.type is WSMsgType.TEXT:
+                    await self._dispatch(session, frame.data.encode())
+                elif frame.type is WSMsgType.PING:
+                    await ws.pong(frame.data)
+                elif frame.type is WSMsgType.BINARY:
+                    await self.violation(session, "frames must be text (UTF-8 JSON)")
+                if ws.closed:
+                    break
+        finally:
+            if self._pool.remove(session):
+                self._metrics.miners.set(len(self._pool.sessions))
+            self._events.on_session_closed(session)
+
+    async def _dispatch(self, session: Session, frame: bytes) -> None:
+        try:
+            message = decode_miner_message(frame)
+        except MessageError as error:
+            if error.job_id is None:
+                await self.violation(session, str(error))
+            else:  # a result whose output is not JSON: an invalid answer to that job
+                await self._violation_if(session, self._events.on_invalid(session, error.job_id))
+            return
+        match message:
+            case Result():
+                await self._violation_if(session, self._events.on_result(session, message))
+            case Reject():
+                await self._violation_if(session, self._events.on_reject(session, message))
+            case Status(models, max_concurrency):
+                self._pool.update_offers(session, models, max_concurrency)
+            case Auth():
+                await self.violation(session, "already logged in")
+
+    async def _violation_if(self, session: Session, reason: str | None) -> None:
+        if reason is not None:
+            await self.violation(session, reason)
+
+    async def violation(self, session: Session, reason: str) -> None:
+        """Count a protocol violation; tell the miner, and close the session at the limit."""
+        session.violations += 1
+        self._metrics.violations.inc()
+        if session.violations >= self.settings.max_violations:
+            message = f"{session.violations} protocol violations; last: {reason}"
+            log.info("closing miner %s: %s", session.address, untrusted(message))
+            await session.channel.close(CloseCode.TOO_MANY_VIOLATIONS, ErrorCode.TOO_MANY_VIOLATIONS, message)
+        else:
+            await session.channel.send(encode(Error(ErrorCode.BAD_MESSAGE, reason)))
+
+    async def heartbeat(self) -> None:
+        """Ping every session each heartbeat_s; close those silent for heartbeat_misses intervals."""
+        interval = self.settings.heartbeat_s
+        misses = self.settings.heartbeat_misses
+        while True:
+            await asyncio.sleep(interval)
+            limit = self._clock() - interval * misses
+            for session in list(self._pool.sessions.values()):
+                socket = session.channel
+                if not isinstance(socket, _Socket) or socket.ws.closed:
+                    continue
+                if session.last_seen < limit:
+                    log.info("closing miner %s: no pong for %d heartbeats", session.address, misses)
+                    await socket.close(
+                        CloseCode.HEARTBEAT_TIMEOUT,
+                        ErrorCode.HEARTBEAT_TIMEOUT,
+                        f"no pong for {misses} heartbeats",
+                    )
+                else:
+                    try:
+                        await socket.ws.ping()
+                    except (ConnectionError, RuntimeError):
+                        continue
+
+    async def recheck_registry(self) -> None:
+        """Every registry_cache_s, close the sessions of miners no longer active on chain (4403)."""
+        while True:
+            await asyncio.sleep(max(self.settings.registry_cache_s, 1.0))
+            for session in list(self._pool.sessions.values()):
+                try:
+                    active = await asyncio.wait_for(
+                        self._registry.is_active(session.address), timeout=self.settings.registry_timeout_s
+                    )
+                except Exception as error:  # the chain is unreachable: keep the miner until it answers
+                    log.warning(
+                        "registry re-check of %s failed: %s", session.address, error or type(error).__name__
+                    )
+                    continue
+                if not active and self._pool.remove(session):
+                    self._metrics.miners.set(len(self._pool.sessions))
+                    self._events.on_deregistered(session.address)
+                    message = f"{session.address} is no longer an active worker in the registry"
+                    log.info("closing miner %s: %s", session.address, message)
+                    await session.channel.close(CloseCode.NOT_REGISTERED, ErrorCode.NOT_REGISTERED, message)
+
+    async def close_all(self) -> None:
+        """Shutdown: refuse new miners, close every connection with 1001."""
+        self.accepting = False
+        await asyncio.gather(
+            *(
+                ws.close(code=CloseCode.GOING_AWAY, message=b"orchestrator shutting down")
+                for ws in list(self._connections)
+            ),
+            return_exceptions=True,
+        )
+
+
+def _challenge_frame(challenge: siwe.Challenge) -> Challenge:
+    return Challenge(
+        domain=challenge.domain,
+        uri=challenge.uri,
+        chain_id=challenge.chain_id,
+        nonce=challenge.nonce,
+        issued_at=siwe.format_time(challenge.issued_at),
+        expiration_time=siwe.format_time(challenge.expiration_time),
+        statement=challenge.statement,
+        version=challenge.version,
+    )
