@@ -39,6 +39,9 @@ def test_flags_override_the_environment_which_overrides_the_file(tmp_path: Path)
             "distributor_address: '0x12' is not a 0x-prefixed 20-byte address",
         ),
         ({"KREWE_REWARD_WEI": "1.5"}, "reward_wei: invalid literal"),
+        ({"KREWE_SETTLEMENT_CONFIRMATIONS": "-1"}, "settlement_confirmations: cannot be negative"),
+        ({"KREWE_CHAIN_LOG_RANGE": "0"}, "chain_log_range: must be positive, not 0"),
+        ({"KREWE_MAX_FEE_GWEI": "0"}, "max_fee_gwei: must be positive, not 0"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], words: str) -> None:

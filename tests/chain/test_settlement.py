@@ -5,11 +5,15 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +26,8 @@ from krewe.keys import KeyLoadError, SigningKey
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, ChainError
 from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SendRecord, SQLiteLedgerStore
-from krewe.orchestrator.settlement import (
-    Fate,
-    SettlementError,
-    SettlementOutcome,
-    Settler,
-    decide_fate,
-)
+from krewe.orchestrator.settlement import SettlementOutcome, Settler
+from krewe.settings import SettingsError
 
 ORCHESTRATOR = 1  # anvil dev account index
 WORKERS = [Web3.to_checksum_address(Web3.keccak(text=f"worker-{i}")[-20:]) for i in range(6)]
@@ -70,9 +69,22 @@ def network(tmp_path: Path, pool: int = 1_000 * KREW, state: bool = False) -> It
             net.anvil.stop()  # a test may have restarted the chain
 
 
-def settle(net: Net, ledger: RewardLedger, **options: Any) -> list[Any]:
+def settle(
+    net: Net,
+    ledger: RewardLedger,
+    *,
+    client_class: type[ChainClient] = ChainClient,
+    url: str | None = None,
+    client_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> list[Any]:
+    """One settlement window through a fresh client; no confirmations unless a test asks."""
+    options = {"confirmations": 0} | options
+
     async def once() -> list[Any]:
-        client = await ChainClient.connect(net.anvil.url, net.deployment.distributor, net.key)
+        client = await client_class.connect(
+            url or net.anvil.url, net.deployment.distributor, net.key, **(client_options or {})
+        )
         try:
             return await Settler(LedgerService(ledger), client, **options).settle_once()
         finally:
@@ -218,7 +230,8 @@ def kill(at, batch):
 
 async def main():
     client = await ChainClient.connect(url, distributor, SigningKey.from_hex(dev_key(1)))
-    await Settler(LedgerService(RewardLedger(SQLiteLedgerStore(db))), client, on_stage=kill).settle_once()
+    ledger = LedgerService(RewardLedger(SQLiteLedgerStore(db)))
+    await Settler(ledger, client, confirmations=0, on_stage=kill).settle_once()
 
 asyncio.run(main())
 """
@@ -279,7 +292,9 @@ def barrier(stage, batch):
 async def main():
     client = await ChainClient.connect(url, distributor, SigningKey.from_hex(dev_key(1)))
     ledger = RewardLedger(SQLiteLedgerStore(db))
-    settler = Settler(LedgerService(ledger), client, receipt_timeout_s=2, poll_s=0.05, on_stage=barrier)
+    settler = Settler(
+        LedgerService(ledger), client, receipt_timeout_s=2, poll_s=0.05, confirmations=0, on_stage=barrier
+    )
     for window in range(10):
         results = await settler.settle_once()
         print(window, [(r.outcome.value, r.reason) for r in results], flush=True)
@@ -328,29 +343,209 @@ def test_two_settling_processes_race_for_the_same_batch_nonce(tmp_path: Path) ->
         assert distributor.functions.batchNonce().call() == 2  # one batch each, never one twice
 
 
-# The decision rule itself, exhaustively on its cases.
-RECORD = SendRecord(batch_nonce=5, payload_hash="0xaa", account_nonce=9, gas=1, sends=())
+def test_a_batch_mined_between_two_reads_of_one_decision_is_paid_once(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        net.rpc("evm_setAutomine", False)
+        (result,) = settle(net, ledger, receipt_timeout_s=0.3, poll_s=0.05, max_replacements=0)
+        assert result.outcome is SettlementOutcome.UNRESOLVED  # in the mempool
+        mined: list[int] = []
+
+        class MinesAfterTheFirstRead(ChainClient):
+            """Mines the waiting batch right after the settler's first read of batchNonce()."""
+
+            async def batch_nonce(self, *block: Any) -> int:
+                nonce = await super().batch_nonce(*block)
+                if not mined:
+                    mined.append(nonce)
+                    net.rpc("evm_mine")
+                    net.rpc("evm_setAutomine", True)
+                return nonce
+
+        results = settle(net, ledger, client_class=MinesAfterTheFirstRead)
+        assert mined == [0]
+        assert [r.outcome for r in results] == [SettlementOutcome.PAID]
+        _, _, distributor = net.deployment.contracts(net.w3)
+        assert distributor.functions.batchNonce().call() == 1  # one batch, never one twice
+        assert_exact(net, [(ledger, credited)])
 
 
-@pytest.mark.parametrize(
-    ("batch_nonce", "landed", "confirmed", "fate"),
-    [
-        (6, "0xaa", 10, Fate.PAID),
-        (7, "0xaa", 12, Fate.PAID),
-        (6, "0xbb", 10, Fate.NOT_PAID),
-        (5, None, 10, Fate.NOT_PAID),
-        (5, None, 9, Fate.PENDING),
-    ],
-)
-def test_decide_fate(batch_nonce: int, landed: str | None, confirmed: int, fate: Fate) -> None:
-    assert decide_fate(RECORD, batch_nonce, landed, confirmed) is fate
+@contextmanager
+def range_limited_rpc(upstream: str, max_range: int) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+    """A JSON-RPC proxy on 127.0.0.1 that refuses eth_getLogs over more than `max_range` blocks, as
+    many providers do, and records the range of every eth_getLogs it is asked."""
+    ranges: list[tuple[int, int]] = []
+
+    def call(body: bytes) -> bytes:
+        request = urllib.request.Request(upstream, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: bytes = response.read()
+            return answer
+
+    def block(tag: str) -> int:
+        if tag.startswith("0x"):
+            return int(tag, 16)
+        latest = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []})
+        return int(json.loads(call(latest.encode()))["result"], 16)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = json.loads(body)
+            answer = None
+            if request["method"] == "eth_getLogs":
+                query = request["params"][0]
+                start, end = block(query.get("fromBlock", "latest")), block(query.get("toBlock", "latest"))
+                ranges.append((start, end))
+                if end - start + 1 > max_range:
+                    error = {"code": -32005, "message": f"query exceeds max block range {max_range}"}
+                    answer = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}).encode()
+            answer = answer or call(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", ranges
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
-def test_decide_fate_refuses_a_chain_that_went_backwards() -> None:
-    with pytest.raises(SettlementError, match="right chain"):
-        decide_fate(RECORD, 4, None, 9)
-    with pytest.raises(SettlementError, match="no RewardsDistributed event"):
-        decide_fate(RECORD, 6, None, 10)
+def test_event_searches_stay_in_bounded_ranges_and_find_a_batch_mined_long_after_signing(
+    tmp_path: Path,
+) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        net.rpc("evm_setAutomine", False)
+        (result,) = settle(net, ledger, receipt_timeout_s=0.3, poll_s=0.05, max_replacements=0)
+        assert result.outcome is SettlementOutcome.UNRESOLVED
+        (batch,) = ledger.open_batches()
+        assert batch.send is not None
+        signed_block = batch.send.signed_block
+        assert signed_block == net.w3.eth.block_number
+        assert net.rpc("anvil_dropTransaction", batch.send.sends[0].tx_hash).get("error") is None
+        net.rpc("anvil_mine", hex(23))  # the chain moves on without it
+        net.rpc("evm_setAutomine", True)  # the next broadcast lands 24 blocks after the signing
+        with range_limited_rpc(net.anvil.url, max_range=5) as (url, ranges):
+            (result,) = settle(net, ledger, url=url, client_options={"log_range": 5})
+        assert result.outcome is SettlementOutcome.PAID
+        assert ranges and all(end - start + 1 <= 5 for start, end in ranges), ranges
+        assert ranges[0][0] == signed_block  # searched from the signing block, not from block 0
+        assert len(ranges) == 5  # blocks signed_block .. signed_block + 24, five at a time
+        assert_exact(net, [(ledger, credited)])
+
+
+class FailsOneRecordSend(SQLiteLedgerStore):
+    """A ledger store whose first record_send fails, as a full disk would make it."""
+
+    failed = False
+
+    def record_send(self, batch_id: int, record: SendRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        super().record_send(batch_id, record)
+
+
+def test_a_failed_record_send_leaves_no_gap_in_the_account_nonces(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = RewardLedger(FailsOneRecordSend(tmp_path / "ledger.db"))
+        credited = credit_all(ledger, "job-1")
+
+        async def two_windows() -> list[Any]:
+            client = await ChainClient.connect(net.anvil.url, net.deployment.distributor, net.key)
+            settler = Settler(
+                LedgerService(ledger), client, confirmations=0, receipt_timeout_s=1, max_replacements=0
+            )
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+                    await settler.settle_once()  # signed, never recorded, never sent
+                return await settler.settle_once()
+            finally:
+                await client.close()
+
+        (result,) = asyncio.run(two_windows())
+        assert result.outcome is SettlementOutcome.PAID, result.reason
+        assert result.batch.send.account_nonce == 0  # the orchestrator's first transaction
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_a_max_batch_above_the_distributors_is_refused_at_start(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        _, _, distributor = net.deployment.contracts(net.w3)
+        on_chain = distributor.functions.maxBatch().call()
+
+        async def connect(max_batch: int) -> None:
+            client = await ChainClient.connect(
+                net.anvil.url, net.deployment.distributor, net.key, max_batch=max_batch
+            )
+            await client.close()
+
+        asyncio.run(connect(on_chain))
+        expected = f"max_batch: {on_chain + 1} is above the distributor's maxBatch ({on_chain})"
+        with pytest.raises(SettingsError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            asyncio.run(connect(on_chain + 1))
+
+
+def test_fee_bumps_stop_at_max_fee_gwei_and_the_transaction_waits(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        net.rpc("evm_setAutomine", False)
+        (result,) = settle(net, ledger, receipt_timeout_s=0.2, poll_s=0.05, max_replacements=0)
+        (batch,) = ledger.open_batches()
+        assert batch.send is not None
+        cap_gwei = batch.send.sends[0].max_fee_per_gas // 10**9 + 1
+        bumping = {"receipt_timeout_s": 0.2, "poll_s": 0.05, "max_replacements": 20}
+        capped = {"max_fee_gwei": cap_gwei}
+        (result,) = settle(net, ledger, client_options=capped, **bumping)
+        assert result.outcome is SettlementOutcome.UNRESOLVED
+        assert "max_fee_gwei" in result.reason
+        (batch,) = ledger.open_batches()
+        assert batch.send is not None
+        fees = [send.max_fee_per_gas for send in batch.send.sends]
+        assert 2 < len(fees) < 21 and fees == sorted(fees), fees  # bumped a few times, then stopped
+        assert fees[-1] == cap_gwei * 10**9
+        assert all(send.max_priority_fee_per_gas <= send.max_fee_per_gas for send in batch.send.sends)
+        (result,) = settle(net, ledger, client_options=capped, **bumping)
+        assert "max_fee_gwei" in result.reason
+        assert ledger.open_batches()[0].send == batch.send  # waits: no further bump
+        net.rpc("evm_mine")
+        (result,) = settle(net, ledger, client_options=capped)
+        assert result.outcome is SettlementOutcome.PAID
+        assert_exact(net, [(ledger, credited)])
+
+
+def test_a_batch_is_committed_only_once_its_event_is_confirmations_deep(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        ledger = net.ledger()
+        credited = credit_all(ledger, "job-1")
+        for depth in (0, 1):
+            (result,) = settle(net, ledger, confirmations=2)
+            assert result.outcome is SettlementOutcome.UNRESOLVED, depth
+            assert "2 blocks deep" in result.reason
+            # on chain, and still in flight in the ledger until it is deep enough
+            assert [net.on_chain(w) for w in WORKERS] == [credited[w] for w in WORKERS]
+            assert ledger.totals().in_flight == sum(credited.values())
+            net.rpc("evm_mine")
+        (result,) = settle(net, ledger, confirmations=2)
+        assert result.outcome is SettlementOutcome.PAID
+        assert ledger.totals().paid == sum(credited.values())
+        _, _, distributor = net.deployment.contracts(net.w3)
+        assert distributor.functions.batchNonce().call() == 1  # the waits never sent it again
+        assert_exact(net, [(ledger, credited)])
 
 
 def test_the_key_never_shows(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ def settings_for(chain: Chain, data_dir: Path, **overrides: Any) -> Orchestrator
         distributor_address=chain.deployment.distributor,
         data_dir=data_dir,
         settlement_window_s=3600,  # tests settle explicitly
+        settlement_confirmations=0,  # anvil mines a block only for a transaction
         seed=1234,
     )
     return dataclasses.replace(base, **overrides)

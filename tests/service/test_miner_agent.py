@@ -21,6 +21,7 @@ from krewe.protocol.canonical import canonical_json
 from krewe.protocol.messages import (
     Auth,
     Challenge,
+    CloseCode,
     Error,
     Job,
     MinerMessage,
@@ -89,7 +90,7 @@ async def running(*agents: MinerAgent) -> AsyncIterator[list[asyncio.Task[None]]
 async def test_agents_answer_jobs_and_hear_their_credit(harness: Harness) -> None:
     agents = [agent_for(harness.connect_url, i, ScriptedBackend()) for i in range(3)]
     async with running(*agents):
-        await until(lambda: len(harness.orchestrator.workers.sessions) == 3, what="three logins")
+        await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
         status, body = await post(harness, "/v1/chat/completions", CHAT)
         assert status == 200, body
         reward = harness.orchestrator.settings.reward_wei
@@ -101,8 +102,8 @@ async def test_more_jobs_than_max_concurrency_are_rejected_as_busy(harness: Harn
     backend = ScriptedBackend(delay_s=0.5)
     agents = [agent_for(harness.connect_url, i, backend, max_concurrency=1) for i in range(3)]
     async with running(*agents):
-        await until(lambda: len(harness.orchestrator.workers.sessions) == 3, what="three logins")
-        for session in harness.orchestrator.workers.sessions.values():
+        await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
+        for session in harness.orchestrator.pool.sessions.values():
             session.max_concurrency = 2  # an orchestrator that overcommits a miner
         first, second = await asyncio.gather(
             post(harness, "/v1/chat/completions", CHAT), post(harness, "/v1/chat/completions", CHAT)
@@ -116,7 +117,7 @@ async def test_a_job_past_its_deadline_is_abandoned_and_cancel_stops_work(make_h
     backend = ScriptedBackend(delay_s=5)
     agents = [agent_for(harness.connect_url, i, backend) for i in range(3)]
     async with running(*agents):
-        await until(lambda: len(harness.orchestrator.workers.sessions) == 3, what="three logins")
+        await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
         status, body = await post(harness, "/v1/chat/completions", CHAT)
         assert (status, body["error"]["code"]) == (504, "deadline_exceeded")
         await until(lambda: backend.cancelled == 3, what="the backends to stop")
@@ -136,8 +137,8 @@ async def test_reconnects_back_off_exponentially_with_jitter_then_reset(make_har
         harness = await make_harness(port=port)
         await until(agent.connected.is_set, what="the agent to log in")
         attempts = agent.stats.reconnects
-        session = harness.orchestrator.workers.sessions[agent.address]
-        await session.ws.close()
+        session = harness.orchestrator.pool.sessions[agent.address]
+        await session.channel.close(CloseCode.GOING_AWAY, "going_away", "the test ends the session")
         await until(lambda: agent.stats.reconnects > attempts, what="a reconnect")
         assert agent.stats.delays[-1] <= 0.05  # back to the first delay after a healthy session
         await until(agent.connected.is_set, what="the agent to log in again")
@@ -147,18 +148,19 @@ async def test_stop_finishes_the_running_job_then_closes_normally(harness: Harne
     backend = ScriptedBackend(delay_s=0.3)
     agents = [agent_for(harness.connect_url, i, backend) for i in range(3)]
     tasks = [asyncio.ensure_future(agent.run()) for agent in agents]
-    await until(lambda: len(harness.orchestrator.workers.sessions) == 3, what="three logins")
+    await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
     request = asyncio.ensure_future(post(harness, "/v1/chat/completions", CHAT))
     await until(lambda: backend.started == 3, what="the job to start on every miner")
-    sessions = list(harness.orchestrator.workers.sessions.values())
+    sessions = list(harness.orchestrator.pool.sessions.values())
     for agent in agents:
         agent.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     status, _ = await request
     assert status == 200
     assert [agent.stats.answered for agent in agents] == [1, 1, 1]
-    await until(lambda: not harness.orchestrator.workers.sessions, what="the sessions to end")
-    assert [session.ws.close_code for session in sessions] == [1000] * 3  # closed normally by the miners
+    await until(lambda: not harness.orchestrator.pool.sessions, what="the sessions to end")
+    # closed normally by the miners
+    assert [session.channel.ws.close_code for session in sessions] == [CloseCode.NORMAL] * 3
 
 
 def test_miner_settings_refuse_bad_values() -> None:

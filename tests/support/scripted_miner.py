@@ -92,28 +92,31 @@ class ScriptedMiner:
     async def connect(
         self,
         *,
-        signature: str | None = None,
+        signature: str | Callable[[str], str] | None = None,
         address: str | None = None,
         message: str | Callable[[str], str] | None = None,
-        auth: dict[str, Any] | None = None,
+        auth: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Log in; returns the welcome or the error message. The keyword arguments forge the login:
         `address` signs in as another address (still signed with this miner's key), `message` is
         the EIP-4361 text to send instead (or a function of the genuine text that tampers with
-        it), `signature` replaces the signature, and `auth` replaces the whole frame."""
+        it), `signature` replaces the signature (or is a function of the text that makes one), and
+        `auth` replaces the whole frame (or is a function of the genuine frame)."""
         self.ws = await self.http.ws_connect(self.url, autoping=self.autopong, max_msg_size=0)
         self.challenge = await self.ws.receive_json(timeout=10)
-        if auth is None:
+        if auth is None or callable(auth):
             genuine = login_message(msgspec.convert(self.challenge, Challenge), address or self.address)
             text = message(genuine) if callable(message) else message or genuine
-            auth = {
+            sign = SigningKey.from_hex(self.key).sign_message
+            frame = {
                 "type": "auth",
                 "message": text,
-                "signature": signature or SigningKey.from_hex(self.key).sign_message(text),
+                "signature": signature(text) if callable(signature) else signature or sign(text),
                 "models": msgspec.to_builtins(self.models),
                 "max_concurrency": self.max_concurrency,
                 "agent": "scripted/1",
             }
+            auth = auth(frame) if callable(auth) else frame
         self.auth = auth
         await self.ws.send_str(orjson.dumps(auth).decode())
         reply = await self._next()

@@ -18,6 +18,7 @@ from krewe.protocol.canonical import (
     MAX_SAFE_INTEGER,
     CanonicalError,
     canonical_json,
+    check_nesting,
     digest,
     format_number,
     parse_strict,
@@ -103,6 +104,45 @@ def test_parse_strict_refuses_deep_nesting_whatever_the_recursion_limit() -> Non
             parse_strict(b"[" * 500_000 + b"]" * 500_000, max_bytes=2_000_000)
     finally:
         sys.setrecursionlimit(limit)
+
+
+def mixed(depth: int) -> bytes:
+    """Objects and lists alternating, `depth` deep (even)."""
+    return b'[{"a":' * (depth // 2) + b"1" + b"}]" * (depth // 2)
+
+
+def list_in_object(depth: int) -> bytes:
+    return b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_check_nesting_counts_every_level_of_lists_and_objects_mixed() -> None:
+    check_nesting(mixed(MAX_DEPTH))
+    check_nesting(list_in_object(MAX_DEPTH))
+    for document in (mixed(MAX_DEPTH + 2), list_in_object(MAX_DEPTH + 1)):
+        with pytest.raises(CanonicalError, match=f"nesting deeper than {MAX_DEPTH}"):
+            check_nesting(document)
+
+
+@given(
+    st.lists(st.booleans(), min_size=MAX_DEPTH - 2, max_size=MAX_DEPTH + 2),
+    st.text(alphabet='[]{}"\\a', max_size=6),
+)
+def test_check_nesting_agrees_with_the_depth_of_the_decoded_document(levels: list[bool], text: str) -> None:
+    value: Any = text
+    for is_list in levels:  # each level holds the next, beside a string of brackets, quotes, backslashes
+        value = [text, value] if is_list else {text: value, "b": text}
+    document = json.dumps(value).encode()
+    if len(levels) <= MAX_DEPTH:
+        check_nesting(document)
+    else:
+        with pytest.raises(CanonicalError, match=f"nesting deeper than {MAX_DEPTH}"):
+            check_nesting(document)
+
+
+def test_check_nesting_tells_unbalanced_brackets() -> None:
+    for document in (b"]" * 70 + b"[" * 70, b"[" * 70 + b"]" * 69, b"[]" * 40 + b"][" + b"[]" * 40):
+        with pytest.raises(CanonicalError, match="unbalanced brackets"):
+            check_nesting(document)
 
 
 def test_parse_strict_accepts_the_limits() -> None:

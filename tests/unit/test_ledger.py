@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from krewe.orchestrator.ledger import Credit, LedgerError, RewardLedger, SQLiteLedgerStore
+from krewe.orchestrator.ledger import (
+    Credit,
+    LedgerError,
+    RewardLedger,
+    SendRecord,
+    SignedSend,
+    SQLiteLedgerStore,
+)
 
 WEI = 10**18
 
@@ -124,6 +132,54 @@ def test_reopen_restores_pending_and_open_batches(tmp_path: Path) -> None:
     reopened.revert(batch.id)
     assert reopened.pending() == {"0xA": 8, "0xB": 4, "0xC": 9}
     assert [b.id for b in reopened.snapshot(max_batch=5)] == [2]  # batch ids are never reused
+
+
+RECORD = SendRecord(
+    batch_nonce=4,
+    payload_hash="0x" + "ab" * 32,
+    account_nonce=7,
+    gas=90_000,
+    sends=(SignedSend("0x" + "01" * 32, "0x02f8", 3 * 10**9, 10**9),),
+    signed_block=1234,
+)
+
+
+def test_a_send_record_survives_a_reopen(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path / "ledger.db")
+    ledger.credit("0xA", 3, "j1")
+    (batch,) = ledger.snapshot(max_batch=5)
+    ledger.record_send(batch.id, RECORD)
+    ledger.close()
+    assert open_ledger(tmp_path / "ledger.db").open_batches() == [replace(batch, send=RECORD)]
+
+
+def test_a_ledger_written_before_signed_blocks_were_recorded_opens(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(path)
+    ledger.credit("0xA", 3, "j1")
+    (batch,) = ledger.snapshot(max_batch=5)
+    ledger.record_send(batch.id, RECORD)
+    ledger.close()
+    with sqlite3.connect(path) as db:  # as version 0 wrote it
+        db.execute("UPDATE batches SET send = json_remove(send, '$.signed_block')")
+        db.execute("PRAGMA user_version = 0")
+    db.close()
+    reopened = open_ledger(path)
+    # unknown: its event search starts at chain_from_block, as it did then
+    assert reopened.open_batches() == [replace(batch, send=replace(RECORD, signed_block=0))]
+    reopened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    db.close()
+
+
+def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    open_ledger(tmp_path / "ledger.db").close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+    with pytest.raises(LedgerError, match="ledger version 2, newer than this krewe reads"):
+        open_ledger(tmp_path / "ledger.db")
 
 
 class LedgerMachine(RuleBasedStateMachine):

@@ -1,6 +1,6 @@
 """The per-caller token bucket, on an injected clock."""
 
-from krewe.orchestrator.api import RateLimiter
+from krewe.orchestrator.ratelimit import RateLimiter
 
 
 class Clock:

@@ -57,22 +57,15 @@ from krewe.protocol.messages import (
     decode_orchestrator_message,
     encode,
 )
+from krewe.untrusted import untrusted
 
-__all__ = ["MinerAgent", "MinerStats", "login_message", "offered", "untrusted"]
+__all__ = ["MinerAgent", "MinerStats", "login_message", "offered"]
 
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S = 30.0  # for each of the challenge and the welcome
 CLOSE_TIMEOUT_S = 10.0  # for the close frame that follows a refused login
-UNTRUSTED_LOG_CHARS = 200
 MAX_WEI_DIGITS = 78  # 2**256 - 1 has 78 digits
-
-
-def untrusted(text: str | bytes) -> str:
-    """Text from the other side, fit for one log line: ASCII-escaped, so that no newline or
-    terminal escape gets through, and truncated."""
-    shown = ascii(text[:UNTRUSTED_LOG_CHARS])
-    return shown + "..." if len(text) > UNTRUSTED_LOG_CHARS else shown
 
 
 def offered(offers: list[ModelOffer], wanted: list[str]) -> list[ModelOffer]:
@@ -241,11 +234,11 @@ class MinerAgent:
                 except MessageError as error:
                     self._malformed(str(error), frame.data)
             elif frame.type is aiohttp.WSMsgType.BINARY:
-                self._malformed("a binary frame", frame.data)
+                self._malformed("a binary frame", f"{len(frame.data)} bytes")
             else:  # close, closing, closed or error; aiohttp answers pings itself
                 return None
 
-    def _malformed(self, why: str, frame: str | bytes) -> None:
+    def _malformed(self, why: str, frame: str) -> None:
         self.stats.malformed_frames += 1
         log.warning("ignored a frame from the orchestrator (%s): %s", untrusted(why), untrusted(frame))
 

@@ -91,7 +91,13 @@ class Orchestrator:
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.chain = await ChainClient.connect(
-            settings.rpc_url, settings.distributor_address, key, from_block=settings.chain_from_block
+            settings.rpc_url,
+            settings.distributor_address,
+            key,
+            max_batch=settings.max_batch,
+            from_block=settings.chain_from_block,
+            log_range=settings.chain_log_range,
+            max_fee_gwei=settings.max_fee_gwei,
         )
         registry = RegistryReader(
             self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
@@ -109,6 +115,7 @@ class Orchestrator:
             self.chain,
             max_batch=settings.max_batch,
             receipt_timeout_s=settings.receipt_timeout_s,
+            confirmations=settings.settlement_confirmations,
             on_stage=_kill_at_stage_from_env(),
         )
         self.runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)

@@ -2,20 +2,23 @@
 
 It holds the orchestrator's key and does exactly one thing with it: sign
 `batchDistributeRewards(nonce, workers, amounts)` on the RewardDistributor. Everything else it does
-is a read: the distributor's `batchNonce()`, the `RewardsDistributed` event of a given nonce, the
-account's nonce, receipts.
+is a read: the head's block number, and at a given block the distributor's `batchNonce()` and the
+account's mined nonce; the `RewardsDistributed` event of a given nonce; receipts.
 
-The client is the only sender for its account: it keeps the next account nonce itself, and
-re-reads the chain's pending count before each new transaction in case a send failed. Fees are
-EIP-1559 (twice the base fee plus the suggested tip); gas is estimated, with a margin. A stuck
-transaction is replaced by `replacement`: the same calldata and account nonce, both fees bumped.
+Reads that decide anything take a block number, so that several of them see one chain state.
+Event searches go in ranges of at most `log_range` blocks, because many providers refuse larger
+ones. The next account nonce is the chain's pending count, or past the ledger's open sends if they
+reach further, so a transaction signed and never sent leaves no gap. Fees are EIP-1559 (twice the
+base fee plus the suggested tip), never above `max_fee_gwei`; gas is estimated, with a margin. A
+stuck transaction is replaced by `replacement`: the same calldata and account nonce, both fees
+bumped, up to the cap.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import ceil
-from typing import Any
+from typing import Any, Literal
 
 from eth_abi.abi import encode
 from eth_typing import HexStr
@@ -25,6 +28,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError, Transaction
 from krewe.contracts import error_name, load_artifact
 from krewe.keys import SigningKey
 from krewe.orchestrator.ledger import Batch, SignedSend
+from krewe.settings import SettingsError
 
 __all__ = [
     "BatchRefusedError",
@@ -36,6 +40,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+GWEI = 10**9
 
 
 class ChainError(Exception):
@@ -72,6 +78,8 @@ class ChainClient:
         gas_margin: float = 1.25,
         fee_bump: float = 1.125,
         from_block: int = 0,
+        log_range: int = 5000,
+        max_fee_gwei: int = 500,
     ) -> None:
         self.w3 = w3
         self._key = key
@@ -79,7 +87,8 @@ class ChainClient:
         self._gas_margin = gas_margin
         self._fee_bump = fee_bump
         self._from_block = from_block
-        self._next_account_nonce: int | None = None
+        self._log_range = log_range
+        self._max_fee = max_fee_gwei * GWEI
         self.distributor = w3.eth.contract(
             address=w3.to_checksum_address(distributor), abi=load_artifact("RewardDistributor").abi
         )
@@ -87,8 +96,17 @@ class ChainClient:
 
     @classmethod
     async def connect(
-        cls, rpc_url: str, distributor: str, key: SigningKey, *, timeout_s: float = 10.0, **options: Any
+        cls,
+        rpc_url: str,
+        distributor: str,
+        key: SigningKey,
+        *,
+        timeout_s: float = 10.0,
+        max_batch: int | None = None,
+        **options: Any,
     ) -> "ChainClient":
+        """Connect and check the distributor: this key must be its orchestrator, and a `max_batch`
+        setting, when given, must not exceed its `maxBatch` (or every batch would revert)."""
         w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
         chain_id = await w3.eth.chain_id
         client = cls(w3, distributor, key, chain_id=chain_id, **options)
@@ -97,30 +115,60 @@ class ChainClient:
             raise ChainError(
                 f"the distributor's orchestrator is {orchestrator}, not this key's {key.address}"
             )
+        if max_batch is not None:
+            on_chain: int = await client.distributor.functions.maxBatch().call()
+            if max_batch > on_chain:
+                raise SettingsError(
+                    f"max_batch: {max_batch} is above the distributor's maxBatch ({on_chain}); "
+                    f"set max_batch to {on_chain} or less"
+                )
         return client
 
     async def close(self) -> None:
         await self.w3.provider.disconnect()
 
-    async def batch_nonce(self) -> int:
-        nonce: int = await self.distributor.functions.batchNonce().call()
+    async def block_number(self) -> int:
+        """The number of the chain's head block."""
+        number: int = await self.w3.eth.block_number
+        return number
+
+    async def batch_nonce(self, block: int | Literal["latest"] = "latest") -> int:
+        """The distributor's `batchNonce()` as of `block`."""
+        nonce: int = await self.distributor.functions.batchNonce().call(block_identifier=block)
         return nonce
 
-    async def landed_payload(self, batch_nonce: int) -> str | None:
-        """The payload hash of the batch that landed with `batch_nonce`, or None if none did."""
-        event = self.distributor.events.RewardsDistributed()
-        logs = await event.get_logs(argument_filters={"nonce": batch_nonce}, from_block=self._from_block)
-        if not logs:
-            return None
-        return "0x" + bytes(logs[0]["args"]["payloadHash"]).hex()
-
-    async def confirmed_account_nonce(self) -> int:
-        """How many of this account's transactions are mined."""
-        count: int = await self.w3.eth.get_transaction_count(self.address, "latest")
+    async def mined_account_nonce(self, block: int) -> int:
+        """How many of this account's transactions are mined as of `block`."""
+        count: int = await self.w3.eth.get_transaction_count(self.address, block)
         return count
 
-    async def prepare(self, batch_nonce: int, workers: tuple[str, ...], amounts: tuple[int, ...]) -> Prepared:
-        """Estimate and sign the batch; raises BatchRefusedError if the distributor would revert it."""
+    async def landed_payload(self, batch_nonce: int, *, since: int, until: int) -> str | None:
+        """The payload hash of the batch that landed with `batch_nonce` in blocks `since` to `until`
+        (or from `from_block`, if later), or None if none did; searched `log_range` blocks at a time."""
+        event = self.distributor.events.RewardsDistributed()
+        start = max(since, self._from_block)
+        while start <= until:
+            end = min(start + self._log_range - 1, until)
+            logs = await event.get_logs(
+                argument_filters={"nonce": batch_nonce}, from_block=start, to_block=end
+            )
+            if logs:
+                return "0x" + bytes(logs[0]["args"]["payloadHash"]).hex()
+            start = end + 1
+        return None
+
+    async def prepare(
+        self,
+        batch_nonce: int,
+        workers: tuple[str, ...],
+        amounts: tuple[int, ...],
+        *,
+        open_account_nonces: Iterable[int] = (),
+    ) -> Prepared:
+        """Estimate and sign the batch; raises BatchRefusedError if the distributor would revert it.
+
+        `open_account_nonces` are those of the ledger's open sends: the new transaction goes after
+        them and after every transaction the chain has, mined or pending."""
         call = self.distributor.functions.batchDistributeRewards(batch_nonce, list(workers), list(amounts))
         try:
             estimate = await call.estimate_gas({"from": self.address})
@@ -129,26 +177,28 @@ class ChainClient:
                 f"the distributor refuses the batch: {error_name(str(error.data))}"
             ) from None
         pending: int = await self.w3.eth.get_transaction_count(self.address, "pending")
-        account_nonce = max(pending, self._next_account_nonce or 0)
-        tip = await self.w3.eth.max_priority_fee
+        account_nonce = max([pending, *(nonce + 1 for nonce in open_account_nonces)])
+        tip = min(await self.w3.eth.max_priority_fee, self._max_fee)
         block = await self.w3.eth.get_block("latest")
-        max_fee = 2 * int(block["baseFeePerGas"]) + tip
+        max_fee = min(2 * int(block["baseFeePerGas"]) + tip, self._max_fee)
         gas = ceil(estimate * self._gas_margin)
         send = self._sign(call, account_nonce, gas, max_fee, tip)
-        self._next_account_nonce = account_nonce + 1
         return Prepared(payload_hash(workers, amounts), account_nonce, gas, send)
 
-    def replacement(self, batch: Batch) -> SignedSend:
-        """The batch's call again at the same account nonce, both fees bumped (a stuck transaction)."""
+    def replacement(self, batch: Batch) -> SignedSend | None:
+        """The batch's call again at the same account nonce, both fees bumped (a stuck transaction),
+        never above `max_fee_gwei`; None once the last send is at the cap: it can only wait."""
         record = batch.send
         if record is None:
             raise ChainError(f"batch {batch.id} was never signed")
+        last = record.sends[-1]
+        if last.max_fee_per_gas >= self._max_fee:
+            return None
         call = self.distributor.functions.batchDistributeRewards(
             record.batch_nonce, list(batch.workers), list(batch.amounts)
         )
-        last = record.sends[-1]
-        tip = ceil(last.max_priority_fee_per_gas * self._fee_bump) + 1
-        max_fee = max(ceil(last.max_fee_per_gas * self._fee_bump) + 1, tip)
+        max_fee = min(ceil(last.max_fee_per_gas * self._fee_bump) + 1, self._max_fee)
+        tip = min(ceil(last.max_priority_fee_per_gas * self._fee_bump) + 1, max_fee)
         return self._sign(call, record.account_nonce, record.gas, max_fee, tip)
 
     def _sign(self, call: Any, account_nonce: int, gas: int, max_fee: int, tip: int) -> SignedSend:

@@ -48,11 +48,18 @@ class OrchestratorSettings:
     settlement_window_s: float = setting(60.0, "seconds between settlements")
     max_batch: int = setting(500, "most workers in one batchDistributeRewards")
     receipt_timeout_s: float = setting(60.0, "seconds to wait for a settlement receipt before a fee bump")
+    settlement_confirmations: int = setting(
+        2, "blocks a batch's RewardsDistributed event must be deep before the batch counts as paid"
+    )
+    chain_log_range: int = setting(5000, "most blocks in one event search (eth_getLogs) of settlement")
+    max_fee_gwei: int = setting(
+        500, "highest max fee per gas of a settlement transaction, in gwei; fee bumps stop there"
+    )
     rpc_url: str = setting("http://127.0.0.1:8545", "JSON-RPC URL of the settlement chain")
     registry_address: str = setting("", "WorkerRegistry contract address")
     distributor_address: str = setting("", "RewardDistributor contract address")
     chain_from_block: int = setting(
-        0, "block the distributor was deployed in: settlement's event searches start there"
+        0, "block the distributor was deployed in: settlement's event searches never start before it"
     )
     registry_cache_s: float = setting(30.0, "seconds a registry answer (isActive) is reused")
     registry_timeout_s: float = setting(
@@ -80,8 +87,9 @@ class OrchestratorSettings:
         positive = (
             "port", "replicas", "threshold", "job_timeout_ms", "max_job_timeout_ms", "heartbeat_s",
             "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
-            "settlement_window_s", "max_batch", "receipt_timeout_s", "rate_limit_per_s", "rate_limit_burst",
-            "job_retention_s", "shutdown_grace_s", "registry_timeout_s",
+            "settlement_window_s", "max_batch", "receipt_timeout_s", "chain_log_range", "max_fee_gwei",
+            "rate_limit_per_s", "rate_limit_burst", "job_retention_s", "shutdown_grace_s",
+            "registry_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -92,7 +100,7 @@ class OrchestratorSettings:
             raise SettingsError(f"threshold: {self.threshold} is more than replicas ({self.replicas})")
         if not 0 <= self.tail <= self.replicas:
             raise SettingsError(f"tail: must be between 0 and replicas ({self.replicas}), not {self.tail}")
-        for name in ("redispatch_max", "registry_cache_s", "chain_from_block"):
+        for name in ("redispatch_max", "registry_cache_s", "chain_from_block", "settlement_confirmations"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: cannot be negative")
         for name in ("min_credit_replicas", "min_credit_threshold"):

@@ -10,9 +10,9 @@ Every credit is in exactly one of three places, and at every moment
 - `commit(batch_id)` marks a batch paid; `revert(batch_id)` returns its credits to pending.
 
 A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. While open it may carry a
-`SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, every
-signed transaction), written before any of it is broadcast, so that a restart can learn the
-batch's fate on chain instead of guessing. The bookkeeping lives in
+`SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, the block it
+was signed at, every signed transaction), written before any of it is broadcast, so that a restart
+can learn the batch's fate on chain instead of guessing. The bookkeeping lives in
 `RewardLedger`; a `LedgerStore` makes each step one atomic, durable transaction, and `load`
 gives back exactly the pending credits and open batches after a crash or restart. The embedded
 store is SQLite in WAL mode with `synchronous=FULL`: a commit is on disk before it returns, and
@@ -84,6 +84,9 @@ class SendRecord:
     account_nonce: int
     gas: int
     sends: tuple[SignedSend, ...]  # oldest first; any of them may be the one mined
+    # The chain's head when the batch nonce was read for signing: the batch's event, ours or a
+    # rival's, can only be in a later block. 0 for batches signed before this was recorded.
+    signed_block: int
 
     def to_json(self) -> str:
         return json.dumps(
@@ -92,6 +95,7 @@ class SendRecord:
                 "payload_hash": self.payload_hash,
                 "account_nonce": self.account_nonce,
                 "gas": self.gas,
+                "signed_block": self.signed_block,
                 "sends": [
                     [send.tx_hash, send.raw, str(send.max_fee_per_gas), str(send.max_priority_fee_per_gas)]
                     for send in self.sends
@@ -103,7 +107,14 @@ class SendRecord:
     def from_json(cls, text: str) -> "SendRecord":
         raw = json.loads(text)
         sends = tuple(SignedSend(tx, signed, int(fee), int(tip)) for tx, signed, fee, tip in raw["sends"])
-        return cls(raw["batch_nonce"], raw["payload_hash"], raw["account_nonce"], raw["gas"], sends)
+        return cls(
+            raw["batch_nonce"],
+            raw["payload_hash"],
+            raw["account_nonce"],
+            raw["gas"],
+            sends,
+            raw["signed_block"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +290,8 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 INSERT OR IGNORE INTO totals (id, credited, paid) VALUES (1, '0', '0');
 """
+# PRAGMA user_version of the ledgers this code writes. 1: send records carry `signed_block`.
+_SCHEMA_VERSION = 1
 
 
 class SQLiteLedgerStore:
@@ -293,10 +306,36 @@ class SQLiteLedgerStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def __repr__(self) -> str:
         return f"SQLiteLedgerStore({str(self.path)!r})"
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an earlier version up to this one, in one transaction."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} is ledger version {version}, newer than this krewe reads "
+                f"({_SCHEMA_VERSION}): run the krewe that wrote it"
+            )
+        if version == _SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            # Version 0 did not record the block a batch was signed at: 0 makes its event search
+            # start at chain_from_block, as it did then.
+            signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
+            for batch_id, send in signed:
+                db.execute(
+                    "UPDATE batches SET send = ? WHERE id = ?",
+                    (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
+                )
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def load(self) -> LedgerState:
         state = LedgerState()
