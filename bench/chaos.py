@@ -18,14 +18,16 @@ SIGKILLed N times, round robin over these moments:
 A settlement stage is hit by the orchestrator's fault hook (KREWE_FAULT_KILL_AT, see
 krewe.orchestrator.app), which SIGKILLs the process there. Mining stays off for `sent` and
 `replaced` and comes back at a random moment of the next run, so a restart finds the transaction
-still pending or already mined. Once or more the chain itself is stopped (SIGSTOP) for longer than
-the orchestrator's RPC timeout and resumed (SIGCONT). After every kill the orchestrator restarts
-with the same settings and data directory; the load runs on until S seconds have passed.
+still pending or already mined. In every other crediting run (at least one) the chain itself is
+stopped (SIGSTOP) for a tenth of S, 3 to 12 s (at the default, longer than the orchestrator's 10 s
+RPC timeout), and resumed (SIGCONT). After every kill the orchestrator restarts with the same
+settings and data directory; the load runs on until S seconds have passed.
 
 Then, with everything resumed, the load stops, the last settlement pays what is left, the
 orchestrator stops, and the ledger (SQLite, opened read-only) and the chain are checked:
 
-- every job a client was told agreed has each of its agreeing miners credited, once, the reward;
+- every job a client was told agreed (and creditable) has each of its agreeing miners credited,
+  once, the reward; a job agreed among fewer than min_credit_replicas miners credits nobody;
 - ledger credited == paid + pending + in flight, and every credit is paid at the end;
 - ledger paid == the distributor's credited per worker, summed == totalCredited() == the sum of
   the `RewardsDistributed` totals, and each paid batch is the event at its batch nonce;
@@ -64,7 +66,16 @@ from rich.console import Console
 from rich.table import Table
 from web3 import Web3
 
-from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, free_port, stake_worker
+from krewe.devchain import (
+    KREW,
+    Anvil,
+    Deployment,
+    DevChainError,
+    deploy,
+    dev_key,
+    free_port,
+    stake_worker,
+)
 from krewe.keys import SigningKey
 from krewe.miner.agent import MinerAgent
 from krewe.miner.config import MinerSettings
@@ -84,8 +95,6 @@ CLIENTS = 4
 CLIENT_PAUSE_S = 0.08  # between one client's requests: about 50 jobs/s in all, at most
 SETTLEMENT_WINDOW_S = 2.0
 RPC_TIMEOUT_S = 10.0  # krewe.orchestrator.chain.ChainClient.connect's default
-
-log = logging.getLogger("bench.chaos")
 
 
 class ChaosError(Exception):
@@ -169,6 +178,7 @@ class Network:
     honest: list[str]
     liars: list[str]
     workdir: Path
+    seed: int
     port: int = field(default_factory=free_port)
     chain_stopped: bool = False
 
@@ -206,6 +216,7 @@ class Orchestrator:
             "KREWE_MODEL_REWARDS": f"{MODEL}={REWARD_WEI}",
             "KREWE_JOB_TIMEOUT_MS": "5000",
             "KREWE_SHUTDOWN_GRACE_S": "5",
+            "KREWE_SEED": str(network.seed),
         }
         if kill_at is not None:
             environment[FAULT_KILL_AT_ENV] = kill_at
@@ -442,51 +453,87 @@ class Check:
     detail: str
 
 
-def check_money(network: Network, load: Load, faults: Faults) -> list[Check]:
-    """Read the ledger (read-only) and the chain, and check that every wei is where it must be."""
-    database = sqlite3.connect(f"file:{network.workdir / 'data' / 'ledger.db'}?mode=ro", uri=True)
-    try:
-        credits = {(job, worker): int(amount) for job, worker, amount in database.execute(
-            "SELECT job_id, worker, amount FROM credits"
-        )}  # fmt: skip
-        pending = {
-            worker: int(amount) for worker, amount in database.execute("SELECT worker, pending FROM balances")
-        }
-        batches = [
-            (state, workers.split(), [int(a) for a in amounts.split()], json.loads(send) if send else None)
+@dataclass
+class LedgerRows:
+    """The ledger's tables (krewe.orchestrator.ledger), read after the orchestrator stopped."""
+
+    credits: dict[tuple[str, str], int]  # (job, worker) -> wei
+    pending: Counter[str]  # per worker
+    paid: Counter[str]  # per worker, from paid batches
+    in_flight: Counter[str]  # per worker, from open batches
+    paid_batches: list[tuple[int, str]]  # (batch nonce, payload hash) of each paid batch
+    credited_total: int
+    paid_total: int
+
+    @classmethod
+    def read(cls, path: Path) -> "LedgerRows":
+        database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            credits = {
+                (job, worker): int(amount)
+                for job, worker, amount in database.execute("SELECT job_id, worker, amount FROM credits")
+            }
+            pending = Counter(
+                {worker: int(wei) for worker, wei in database.execute("SELECT worker, pending FROM balances")}
+            )
+            paid: Counter[str] = Counter()
+            in_flight: Counter[str] = Counter()
+            paid_batches = []
             for state, workers, amounts, send in database.execute(
                 "SELECT state, workers, amounts, send FROM batches ORDER BY id"
-            )
-        ]
-        credited_total, paid_total = (
-            int(v) for v in database.execute("SELECT credited, paid FROM totals").fetchone()
-        )
-    finally:
-        database.close()
-    w3 = network.anvil.web3()
-    _, _, distributor = network.deployment.contracts(w3)
-    events = distributor.events.RewardsDistributed().get_logs(from_block=network.deployment.block)
-    batch_nonce = distributor.functions.batchNonce().call()
-    on_chain_total = distributor.functions.totalCredited().call()
+            ):
+                per_worker = paid if state == "paid" else in_flight if state == "open" else Counter()
+                for worker, amount in zip(workers.split(), amounts.split(), strict=True):
+                    per_worker[worker] += int(amount)
+                if state == "paid":
+                    record = json.loads(send)
+                    paid_batches.append((record["batch_nonce"], record["payload_hash"]))
+            credited, paid_total = database.execute("SELECT credited, paid FROM totals").fetchone()
+        finally:
+            database.close()
+        return cls(credits, pending, paid, in_flight, paid_batches, int(credited), int(paid_total))
 
-    journal: Counter[str] = Counter()
-    for (_, worker), amount in credits.items():
-        journal[worker] += amount
-    paid: Counter[str] = Counter()
-    in_flight: Counter[str] = Counter()
-    paid_nonces: dict[int, str] = {}
-    for state, workers, amounts, send in batches:
-        target = paid if state == "paid" else in_flight if state == "open" else None
-        if target is not None:
-            for worker, amount in zip(workers, amounts, strict=True):
-                target[worker] += amount
-        if state == "paid" and send is not None:
-            paid_nonces[send["batch_nonce"]] = send["payload_hash"]
-    workers = sorted(set(journal) | set(paid) | set(network.honest) | set(network.liars))
-    on_chain = {
-        worker: distributor.functions.credited(Web3.to_checksum_address(worker)).call() for worker in workers
-    }
+    def journal(self) -> Counter[str]:
+        """Every credit ever made, per worker."""
+        per_worker: Counter[str] = Counter()
+        for (_, worker), amount in self.credits.items():
+            per_worker[worker] += amount
+        return per_worker
+
+
+@dataclass
+class ChainRows:
+    """What the distributor shows: credited per worker, its totals, and every RewardsDistributed."""
+
+    credited: dict[str, int]
+    total_credited: int
+    batch_nonce: int
+    events: list[tuple[int, str, int]]  # (batch nonce, payload hash, total), in chain order
+
+    @classmethod
+    def read(cls, network: Network, workers: list[str]) -> "ChainRows":
+        _, _, distributor = network.deployment.contracts(network.anvil.web3())
+        logs = distributor.events.RewardsDistributed().get_logs(from_block=network.deployment.block)
+        return cls(
+            {w: distributor.functions.credited(Web3.to_checksum_address(w)).call() for w in workers},
+            distributor.functions.totalCredited().call(),
+            distributor.functions.batchNonce().call(),
+            [
+                (log["args"]["nonce"], "0x" + bytes(log["args"]["payloadHash"]).hex(), log["args"]["total"])
+                for log in logs
+            ],
+        )
+
+
+def check_money(network: Network, load: Load, faults: Faults, ledger: LedgerRows) -> list[Check]:
+    """Check that every wei is where it must be, in the ledger and on chain."""
+    journal = ledger.journal()
+    workers = sorted(set(journal) | set(ledger.paid) | set(network.honest) | set(network.liars))
+    chain = ChainRows.read(network, workers)
+    credits, pending, paid, in_flight = ledger.credits, ledger.pending, ledger.paid, ledger.in_flight
+    credited_total, paid_total = ledger.credited_total, ledger.paid_total
     pending_total, in_flight_total = sum(pending.values()), sum(in_flight.values())
+    on_chain = chain.credited
 
     checks = []
     done = sum(faults.kills.values())
@@ -539,8 +586,8 @@ def check_money(network: Network, load: Load, faults: Faults) -> list[Check]:
             f"pending {pending_total}, in flight {in_flight_total}",
         )
     )
-    sums = (paid_total, sum(paid.values()), sum(on_chain.values()), on_chain_total)
-    events_total = sum(event["args"]["total"] for event in events)
+    sums = (paid_total, sum(paid.values()), sum(on_chain.values()), chain.total_credited)
+    events_total = sum(total for _, _, total in chain.events)
     checks.append(
         Check(
             "ledger paid = distributor credited = RewardsDistributed",
@@ -549,23 +596,22 @@ def check_money(network: Network, load: Load, faults: Faults) -> list[Check]:
             f"totalCredited {sums[3]}, events {events_total}",
         )
     )
-    nonces = [event["args"]["nonce"] for event in events]
-    landed = {event["args"]["nonce"]: "0x" + bytes(event["args"]["payloadHash"]).hex() for event in events}
-    consecutive = nonces == list(range(len(nonces))) and batch_nonce == len(nonces)
-    matched = paid_nonces == landed
+    nonces = [nonce for nonce, _, _ in chain.events]
+    consecutive = nonces == list(range(len(nonces))) and chain.batch_nonce == len(nonces)
+    matched = sorted(ledger.paid_batches) == [(nonce, payload) for nonce, payload, _ in chain.events]
     checks.append(
         Check(
             "batch nonces consecutive, each paid batch the event at its nonce",
             0 if consecutive and matched else 1,
-            f"{len(nonces)} events, batchNonce {batch_nonce}, {len(paid_nonces)} paid batches, "
-            + ("payloads match" if matched else "payloads differ"),
+            f"{len(nonces)} events, batchNonce {chain.batch_nonce}, {len(ledger.paid_batches)} paid batches, "
+            + ("one each, payloads match" if matched else "batches and events differ"),
         )
     )
     twice = [
         worker
         for worker in workers
         if on_chain[worker] != paid[worker]
-        or paid[worker] + pending.get(worker, 0) + in_flight[worker] != journal[worker]
+        or paid[worker] + pending[worker] + in_flight[worker] != journal[worker]
     ]
     checks.append(
         Check(
@@ -604,7 +650,7 @@ def before_kills(missing: list[tuple[str, str]], load: Load, faults: Faults) -> 
     )
 
 
-def start_network(workdir: Path) -> Network:
+def start_network(workdir: Path, seed: int) -> Network:
     anvil = Anvil.start(accounts=FIRST_MINER + HONEST + LIARS)
     try:
         w3 = anvil.web3()
@@ -615,7 +661,7 @@ def start_network(workdir: Path) -> Network:
         miners = anvil.accounts[FIRST_MINER : FIRST_MINER + HONEST + LIARS]
         for miner in miners:
             stake_worker(w3, deployment, miner, STAKE)
-        return Network(anvil, deployment, miners[:HONEST], miners[HONEST:], workdir)
+        return Network(anvil, deployment, miners[:HONEST], miners[HONEST:], workdir, seed)
     except BaseException:
         anvil.stop()
         raise
@@ -646,15 +692,22 @@ def main(argv: list[str] | None = None) -> int:
     if options.kills < 0 or options.seconds < 0:
         parser.error("--kills and --seconds cannot be negative")
     console = Console()
+    if not console.is_terminal:
+        console.width = 160  # a log or a pipe: wide enough that the details do not wrap
     workdir = Path(tempfile.mkdtemp(prefix="krewe-chaos-"))
     logging.basicConfig(
         level=logging.WARNING, filename=workdir / "harness.log", format="%(asctime)s %(name)s: %(message)s"
     )
     started = time.monotonic()
-    network = start_network(workdir)
+    try:
+        network = start_network(workdir, options.seed)
+    except DevChainError as error:
+        console.print(f"chaos failed: {error}", soft_wrap=True, markup=False)
+        return 2
     try:
         chaos = uvloop.run(run_chaos(network, options, started))
-        checks = check_money(network, chaos.load, chaos.faults)
+        ledger = LedgerRows.read(workdir / "data" / "ledger.db")
+        checks = check_money(network, chaos.load, chaos.faults, ledger)
     except (ChaosError, TimeoutError) as error:
         console.print(f"chaos failed: {error} (logs in {workdir})", soft_wrap=True, markup=False)
         return 2
@@ -663,9 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         network.anvil.stop()
     elapsed = time.monotonic() - started
     load, faults = chaos.load, chaos.faults
+    credited, paid = ledger.credited_total, ledger.paid_total
     violations = sum(check.violations for check in checks)
-    with sqlite3.connect(f"file:{workdir / 'data' / 'ledger.db'}?mode=ro", uri=True) as database:
-        credited, paid = (int(v) for v in database.execute("SELECT credited, paid FROM totals").fetchone())
     summary = (
         f"{sum(faults.kills.values())} kills, chain stopped {faults.pauses}x {chaos.pause_s:g} s, "
         f"{load.requests} requests, {len(load.agreed) + len(load.uncreditable)} agreed, "
