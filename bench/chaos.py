@@ -187,12 +187,12 @@ class Network:
         return f"http://127.0.0.1:{self.port}"
 
     def stop_chain(self) -> None:
-        os.kill(self.anvil.process.pid, signal.SIGSTOP)
+        os.killpg(self.anvil.process.pid, signal.SIGSTOP)  # npm's anvil is a wrapper: stop its child too
         self.chain_stopped = True
 
     def resume_chain(self) -> None:
         if self.chain_stopped:
-            os.kill(self.anvil.process.pid, signal.SIGCONT)
+            os.killpg(self.anvil.process.pid, signal.SIGCONT)
             self.chain_stopped = False
 
 
@@ -310,14 +310,23 @@ class Chaos:
         self.pause_s = min(RPC_TIMEOUT_S + 2, max(3.0, options.seconds / 10))
         self.load = Load()
 
-    async def rpc(self, method: str, *params: Any) -> Any:
+    async def rpc(self, method: str, *params: Any, timeout_s: float = 15) -> Any:
         async with self.http.post(
-            self.network.anvil.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+            self.network.anvil.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
             answer = await response.json()
         if "error" in answer:
             raise ChaosError(f"anvil refused {method}: {answer['error']}")
         return answer["result"]
+
+    async def chain_answers(self) -> bool:
+        try:
+            await self.rpc("eth_blockNumber", timeout_s=0.5)
+        except TimeoutError:
+            return False
+        return True
 
     async def run(self, started: float) -> None:
         network = self.network
@@ -394,10 +403,11 @@ class Chaos:
                 if index in faults.pause_runs:
                     network.stop_chain()
                     try:
+                        stopped = not await self.chain_answers()
                         await asyncio.sleep(self.pause_s)  # the outage under test
                     finally:
                         network.resume_chain()
-                    faults.pauses += 1
+                    faults.pauses += stopped
                 if stage == CREDITING:
                     await asyncio.sleep(self.rng.uniform(0.2, 1.5))  # a random moment under load
                     await self.load.next_agreed(timeout_s=60)
