@@ -19,8 +19,8 @@ A settlement stage is hit by the orchestrator's fault hook (KREWE_FAULT_KILL_AT,
 krewe.orchestrator.app), which SIGKILLs the process there. Mining stays off for `sent` and
 `replaced` and comes back at a random moment of the next run, so a restart finds the transaction
 still pending or already mined. In every other crediting run (at least one) the chain itself is
-stopped (SIGSTOP) for a tenth of S, 3 to 12 s (at the default, longer than the orchestrator's 10 s
-RPC timeout), and resumed (SIGCONT). After every kill the orchestrator restarts with the same
+stopped (SIGSTOP) for an eighth of S, 3 to 14 s (at the default, long enough that a settlement's
+RPC call times out), and resumed (SIGCONT). After every kill the orchestrator restarts with the same
 settings and data directory; the load runs on until S seconds have passed.
 
 Then, with everything resumed, the load stops, the last settlement pays what is left, the
@@ -307,7 +307,8 @@ class Chaos:
         self.seed = options.seed
         self.rng = random.Random(options.seed)
         self.faults = Faults.plan(options.kills)
-        self.pause_s = min(RPC_TIMEOUT_S + 2, max(3.0, options.seconds / 10))
+        # long enough, at the default, that a settlement's RPC call times out while the chain is stopped
+        self.pause_s = min(RPC_TIMEOUT_S + 2 * SETTLEMENT_WINDOW_S, max(3.0, options.seconds / 8))
         self.load = Load()
 
     async def rpc(self, method: str, *params: Any, timeout_s: float = 15) -> Any:
