@@ -12,11 +12,14 @@ import signal
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import uvloop
 
 from bench.network import miner_key
 from krewe.keys import SigningKey
+from krewe.miner.agent import login_message
+from krewe.protocol.messages import Auth, Challenge, ModelOffer, encode
 
 OUTPUT = {
     "choices": [
@@ -39,19 +42,11 @@ async def miner(
         ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
         if protocol == "krewe":
             key = SigningKey.from_hex(miner_key(index))
-            challenge = await ws.receive_json(timeout=60)
-            await ws.send_str(
-                orjson.dumps(
-                    {
-                        "type": "auth",
-                        "address": key.address,
-                        "signature": key.sign_message(challenge["message"]),
-                        "models": ["bench-model"],
-                        "max_concurrency": 256,
-                        "agent": "bench/1",
-                    }
-                ).decode()
-            )
+            challenge = msgspec.convert(await ws.receive_json(timeout=60), Challenge)
+            text = login_message(challenge, key.address)
+            offer = ModelOffer(id="bench-model", tasks=["chat"], engine="bench/1")
+            auth = Auth(text, key.sign_message(text), [offer], max_concurrency=256, agent="bench/1")
+            await ws.send_str(encode(auth))
             welcome = await ws.receive_json(timeout=60)
             if welcome.get("type") != "welcome":
                 raise RuntimeError(f"login refused: {welcome}")

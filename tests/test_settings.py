@@ -16,7 +16,7 @@ def test_flags_override_the_environment_which_overrides_the_file(tmp_path: Path)
     )
     settings = load_settings(OrchestratorSettings, file=file, environ={}, flags={})
     assert (settings.replicas, settings.threshold, settings.tail, settings.api_keys) == (5, 3, 2, ["a", "b"])
-    assert settings.reward_for("m1") == 7 and settings.reward_for("other") == settings.reward_wei
+    assert settings.reward_for("m1") == 7 and settings.reward_for("other") == 0
     environ = {"KREWE_THRESHOLD": "4", "KREWE_API_KEYS": "x, y", "KREWE_MODEL_REWARDS": "m1=9,m2=1"}
     settings = load_settings(OrchestratorSettings, file=file, environ=environ, flags={})
     assert (settings.replicas, settings.threshold, settings.api_keys) == (5, 4, ["x", "y"])
@@ -38,7 +38,7 @@ def test_flags_override_the_environment_which_overrides_the_file(tmp_path: Path)
             {"KREWE_DISTRIBUTOR_ADDRESS": "0x12"},
             "distributor_address: '0x12' is not a 0x-prefixed 20-byte address",
         ),
-        ({"KREWE_REWARD_WEI": "1.5"}, "reward_wei: invalid literal"),
+        ({"KREWE_MODEL_REWARDS": "m1=1.5"}, "model_rewards: invalid literal"),
         ({"KREWE_SETTLEMENT_CONFIRMATIONS": "-1"}, "settlement_confirmations: cannot be negative"),
         ({"KREWE_CHAIN_LOG_RANGE": "0"}, "chain_log_range: must be positive, not 0"),
         ({"KREWE_MAX_FEE_GWEI": "0"}, "max_fee_gwei: must be positive, not 0"),

@@ -42,6 +42,7 @@ __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
 ADMIN, ORCHESTRATOR, FIRST_MINER = 0, 1, 2
 STAKE = 100 * KREW
+REWARD_WEI = 10**15  # each agreeing miner's credit per job
 SENTENCES = [
     "Miners stake KREW and serve inference.",
     "The orchestrator sends each request to three miners.",
@@ -219,6 +220,7 @@ def _run(demo: Demo) -> None:
             "KREWE_SETTLEMENT_WINDOW_S": str(options.settlement_window_s),
             # anvil mines a block only for a transaction: the demo's last batch would never get deep
             "KREWE_SETTLEMENT_CONFIRMATIONS": "0",
+            "KREWE_MODEL_REWARDS": f"{MODEL_ID}={REWARD_WEI}",
             "KREWE_DATA_DIR": str(demo.workdir / "data"),
             "KREWE_HEARTBEAT_S": "5",
         },

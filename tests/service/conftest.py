@@ -88,6 +88,7 @@ def settings_for(chain: Chain, data_dir: Path, **overrides: Any) -> Orchestrator
         settlement_window_s=3600,  # tests settle explicitly
         settlement_confirmations=0,  # anvil mines a block only for a transaction
         seed=1234,
+        model_rewards={"test-model": 10**15},
     )
     return dataclasses.replace(base, **overrides)
 
@@ -98,7 +99,8 @@ async def make_harness(chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyP
     started: list[Harness] = []
 
     async def make(**overrides: Any) -> Harness:
-        orchestrator = Orchestrator(settings_for(chain, tmp_path / f"data{len(started)}", **overrides))
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        orchestrator = Orchestrator(settings_for(chain, data_dir, **overrides))
         await orchestrator.start()
         harness = Harness(orchestrator, chain, f"http://127.0.0.1:{orchestrator.port}", [])
         started.append(harness)

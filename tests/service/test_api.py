@@ -135,7 +135,11 @@ async def test_operations_endpoints(harness: Harness) -> None:
     assert "krewe_miners_connected 3.0" in metrics
     assert "krewe_job_latency_seconds_count 1.0" in metrics
     status, ledger = await get(harness, "/v1/ledger")
-    assert ledger["credited"] == ledger["pending"] == str(3 * harness.orchestrator.settings.reward_wei)
+    assert (
+        ledger["credited"]
+        == ledger["pending"]
+        == str(3 * harness.orchestrator.settings.reward_for("test-model"))
+    )
 
 
 async def test_openapi_lists_exactly_the_routes(harness: Harness) -> None:
@@ -156,7 +160,7 @@ async def test_settlement_pays_what_the_ledger_holds(harness: Harness) -> None:
         status, _ = await post(harness, "/v1/chat/completions", CHAT)
         assert status == 200
     await until(lambda: harness.orchestrator.router.idle, what="the jobs to finish")
-    reward = harness.orchestrator.settings.reward_wei
+    reward = harness.orchestrator.settings.reward_for("test-model")
     await harness.orchestrator.settle()
     status, settlements = await get(harness, "/v1/settlements")
     assert settlements["recent"][0]["outcome"] == "paid" and settlements["open"] == []

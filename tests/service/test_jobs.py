@@ -39,7 +39,7 @@ async def test_an_honest_majority_wins_and_the_liar_gets_no_credit_and_a_lower_s
     assert (body["krewe"]["agreeing"], body["krewe"]["replicas"]) == (2, 3)
     job_id = body["krewe"]["job_id"]
     await until(lambda: all(m.messages("verdict") for m in (honest1, honest2, liar)), what="verdicts")
-    reward = harness.orchestrator.settings.reward_wei
+    reward = harness.orchestrator.settings.reward_for("test-model")
     assert honest1.messages("verdict")[0] == {
         "type": "verdict",
         "job_id": job_id,

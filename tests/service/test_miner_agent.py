@@ -93,7 +93,7 @@ async def test_agents_answer_jobs_and_hear_their_credit(harness: Harness) -> Non
         await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
         status, body = await post(harness, "/v1/chat/completions", CHAT)
         assert status == 200, body
-        reward = harness.orchestrator.settings.reward_wei
+        reward = harness.orchestrator.settings.reward_for("test-model")
         await until(lambda: sum(a.stats.credited_wei for a in agents) == 3 * reward, what="verdicts")
         assert all(agent.stats.agreed == 1 and agent.stats.answered == 1 for agent in agents)
 

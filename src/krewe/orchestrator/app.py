@@ -38,6 +38,7 @@ from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
+from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.settlement import Settler
 from krewe.settings import SettingsError
 
@@ -104,9 +105,12 @@ class Orchestrator:
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
         self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s)
-        self.pool = SessionPool()
+        self.scores = ScoreStore(data_dir / "ledger.db")
+        self.pool = SessionPool(scores=self.scores.load())
         rng = random.Random(settings.seed)
-        self.router = JobRouter(settings, self.pool, self.ledger, self.records, self.metrics, rng=rng)
+        self.router = JobRouter(
+            settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
+        )
         self.endpoint = WorkerEndpoint(
             settings, self.pool, self.router, registry, self.metrics, chain_id=self.chain.chain_id
         )
@@ -188,6 +192,7 @@ class Orchestrator:
         await self.settle()
         await self.runner.cleanup()
         await self.records.close()
+        await self.scores.close()
         await self.ledger.close()
         await self.chain.close()
         log.info("stopped")

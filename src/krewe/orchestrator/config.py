@@ -24,6 +24,10 @@ class OrchestratorSettings:
     replicas: int = setting(3, "miners each job is sent to")
     threshold: int = setting(2, "matching answers needed for a verdict")
     tail: int = setting(1, "replicas drawn from the lower-ranked half of the miners")
+    homogeneous: bool = setting(
+        True,
+        "every replica of a job comes from one engine class of its model (answers agree only within one)",
+    )
     redispatch_max: int = setting(2, "extra rounds, one more miner each, after a job ends without consensus")
     job_timeout_ms: int = setting(30_000, "default deadline of a job")
     max_job_timeout_ms: int = setting(300_000, "largest deadline a client may ask for")
@@ -35,10 +39,9 @@ class OrchestratorSettings:
         1_048_576, "largest WebSocket frame from a miner (larger closes with 1009)"
     )
     max_body_bytes: int = setting(1_048_576, "largest HTTP request body (larger gets 413)")
-    reward_wei: int = setting(
-        10**15, "credit per agreeing miner per job, in wei, for models not in model_rewards"
+    model_rewards: dict[str, int] = setting(
+        {}, "credit per agreeing miner per job by model id, in wei; a model not listed earns nothing"
     )
-    model_rewards: dict[str, int] = setting({}, "credit per agreeing miner per job by model id, in wei")
     min_credit_replicas: int | None = setting(
         None, "distinct miners a job must be sent to before anyone is credited for it (unset: replicas)"
     )
@@ -107,8 +110,8 @@ class OrchestratorSettings:
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_REPLICAS:
                 raise SettingsError(f"{name}: must be between 1 and {MAX_REPLICAS}, not {value}")
-        if self.reward_wei < 0 or any(wei < 0 for wei in self.model_rewards.values()):
-            raise SettingsError("reward_wei: rewards cannot be negative")
+        if any(wei < 0 for wei in self.model_rewards.values()):
+            raise SettingsError("model_rewards: rewards cannot be negative")
         if self.job_timeout_ms > self.max_job_timeout_ms:
             raise SettingsError(f"job_timeout_ms: above max_job_timeout_ms ({self.max_job_timeout_ms})")
         for name in ("registry_address", "distributor_address"):
@@ -122,4 +125,4 @@ class OrchestratorSettings:
         return base.replace("http", "ws", 1).rstrip("/") + "/v1/workers/connect"
 
     def reward_for(self, model: str) -> int:
-        return self.model_rewards.get(model, self.reward_wei)
+        return self.model_rewards.get(model, 0)
