@@ -19,15 +19,15 @@ A settlement stage is hit by the orchestrator's fault hook (KREWE_FAULT_KILL_AT,
 krewe.orchestrator.app), which SIGKILLs the process there. Mining stays off for `sent` and
 `replaced` and comes back at a random moment of the next run, so a restart finds the transaction
 still pending or already mined. In every other crediting run (at least one) the chain itself is
-stopped (SIGSTOP) for an eighth of S, 3 to 14 s (at the default, long enough that a settlement's
-RPC call times out), and resumed (SIGCONT). After every kill the orchestrator restarts with the same
-settings and data directory; the load runs on until S seconds have passed.
+stopped (SIGSTOP) for an eighth of S, 3 to 14 s, across settlement windows, and resumed (SIGCONT).
+After every kill the orchestrator restarts with the same settings and data directory; the load
+runs on until S seconds have passed.
 
 Then, with everything resumed, the load stops, the last settlement pays what is left, the
 orchestrator stops, and the ledger (SQLite, opened read-only) and the chain are checked:
 
-- every job a client was told agreed (and creditable) has each of its agreeing miners credited,
-  once, the reward; a job agreed among fewer than min_credit_replicas miners credits nobody;
+- every job a client was told agreed and creditable has each of its agreeing miners credited,
+  once, the reward; an agreed job that is not creditable (too few miners) credits nobody;
 - ledger credited == paid + pending + in flight, and every credit is paid at the end;
 - ledger paid == the distributor's credited per worker, summed == totalCredited() == the sum of
   the `RewardsDistributed` totals, and each paid batch is the event at its batch nonce;
@@ -94,7 +94,7 @@ STAKE = 100 * KREW
 CLIENTS = 4
 CLIENT_PAUSE_S = 0.08  # between one client's requests: about 50 jobs/s in all, at most
 SETTLEMENT_WINDOW_S = 2.0
-RPC_TIMEOUT_S = 10.0  # krewe.orchestrator.chain.ChainClient.connect's default
+CHAIN_STOP_S = (3.0, 14.0)  # shortest and longest chain stop; an eighth of --seconds in between
 
 
 class ChaosError(Exception):
@@ -130,7 +130,7 @@ class Load:
 
     requests: int = 0
     agreed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # job id -> agreeing miners
-    # agreed, but among fewer miners than min_credit_replicas (some were still reconnecting)
+    # agreed but not creditable: sent to fewer than min_credit_replicas miners (some were reconnecting)
     uncreditable: set[str] = field(default_factory=set)
     told_at: dict[str, float] = field(default_factory=dict)  # job id -> when its client was told
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -307,8 +307,7 @@ class Chaos:
         self.seed = options.seed
         self.rng = random.Random(options.seed)
         self.faults = Faults.plan(options.kills)
-        # long enough, at the default, that a settlement's RPC call times out while the chain is stopped
-        self.pause_s = min(RPC_TIMEOUT_S + 2 * SETTLEMENT_WINDOW_S, max(3.0, options.seconds / 8))
+        self.pause_s = min(CHAIN_STOP_S[1], max(CHAIN_STOP_S[0], options.seconds / 8))
         self.load = Load()
 
     async def rpc(self, method: str, *params: Any, timeout_s: float = 15) -> Any:
@@ -576,7 +575,7 @@ def check_money(network: Network, load: Load, faults: Faults, ledger: LedgerRows
     wrongly = load.uncreditable & credited_jobs
     checks.append(
         Check(
-            "agreed among too few miners: nobody credited",
+            "agreed, not creditable: nobody credited",
             len(wrongly),
             f"{len(load.uncreditable)} jobs, {len(wrongly)} credited anyway",
         )
