@@ -6,7 +6,8 @@
 The decisions are all in `jobs.py`; this loop only feeds a job its events and does what comes
 back: send frames, pick replicas for a redispatch, answer the caller, credit the ledger, score,
 write the record. Commands that need no waiting run at once, in order; those that do (frames, the
-ledger) run in order in one task per event, so each miner's `verdict` frame follows its credit.
+ledger) run in order in one task per event. Whatever follows a credit in that order waits for it:
+neither the caller nor a miner hears of a credit before it is durable.
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
 be written the router refuses new jobs (`503 ledger_unavailable`).
@@ -31,8 +32,9 @@ from krewe.orchestrator.ledger import Credit
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.scoring import update_score
-from krewe.orchestrator.selection import select_replicas
+from krewe.orchestrator.selection import choose_engine_class, select_replicas
 from krewe.protocol import messages
 from krewe.protocol.canonical import CanonicalError, digest, parse_strict
 from krewe.protocol.messages import TASKS, Reject, Result
@@ -93,8 +95,9 @@ class JobRouter:
         pool: SessionPool,
         ledger: LedgerService,
         records: JobStore,
-        metrics: Metrics,
+        scores: ScoreStore,
         *,
+        metrics: Metrics,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -103,6 +106,7 @@ class JobRouter:
         self._pool = pool
         self._ledger = ledger
         self._records = records
+        self._scores = scores
         self._metrics = metrics
         self._rng = rng
         self._clock = clock
@@ -132,13 +136,16 @@ class JobRouter:
         threshold = settings.threshold if threshold is None else threshold
         timeout_ms = settings.job_timeout_ms if timeout_ms is None else timeout_ms
         self._check(model, task, replicas, threshold, timeout_ms)
+        engine = self._engine_class(model, task, replicas, threshold)
         selection = select_replicas(
-            self._pool.candidates(), model, task, replicas, rng=self._rng, tail=min(settings.tail, replicas)
+            self._pool.candidates(),
+            model,
+            task,
+            replicas,
+            rng=self._rng,
+            tail=min(settings.tail, replicas),
+            engine=engine,
         )
-        if len(selection.workers) < threshold:
-            found = len(selection.workers)
-            message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
-            raise JobError(503, "no_eligible_workers", message)
         now = self._clock()
         job = Job.create(
             self._ids.next(),
@@ -156,6 +163,7 @@ class JobRouter:
             ),
             now=now,
             created_at=format_time(self._wall_clock()),
+            engine=engine,
         )
         loop = asyncio.get_running_loop()
         running = _Running(job, loop.create_future(), loop.create_future())
@@ -171,6 +179,25 @@ class JobRouter:
             message = f"no verdict within {timeout_ms} ms (job {job.id})"
             raise JobError(504, "deadline_exceeded", message, decision.record)
         raise JobError(502, "no_consensus", f"the miners did not agree (job {job.id})", decision.record)
+
+    def _engine_class(self, model: str, task: str, replicas: int, threshold: int) -> str | None:
+        """The engine class the job's replicas come from (None: any, when `homogeneous` is off).
+        Raises 503 when not even `threshold` miners with free capacity can take the job."""
+        candidates = self._pool.candidates()
+        found = len(select_replicas(candidates, model, task, replicas, rng=self._rng, tail=0).workers)
+        if found < threshold:
+            message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
+            raise JobError(503, "no_eligible_workers", message)
+        if not self.settings.homogeneous:
+            return None
+        engine = choose_engine_class(candidates, model, task, replicas, needed=threshold, rng=self._rng)
+        if engine is None:
+            message = (
+                f"{found} miners with free capacity serve {model!r} for {task}, but no engine class has "
+                f"{threshold} of them; answers agree only within one class"
+            )
+            raise JobError(503, "no_engine_class", message)
+        return engine
 
     def _check(self, model: str, task: str, replicas: int, threshold: int, timeout_ms: int) -> None:
         if not self.ledger_writable:
@@ -251,7 +278,7 @@ class JobRouter:
     def _carry_out(self, running: _Running, commands: list[Command]) -> str | None:
         """Do what the job said; returns the last violation it reported, if any."""
         violation = None
-        io: list[Command] = []
+        io: list[Command] = []  # in order; a credit holds back every command queued after it
         queue = list(commands)
         while queue:
             command = queue.pop(0)
@@ -260,6 +287,8 @@ class JobRouter:
                     queue += self._assign(running, workers)
                     io.append(command)
                 case jobs.SendCancel() | jobs.SendVerdict() | jobs.Credit():
+                    io.append(command)
+                case jobs.AnswerCaller() if any(isinstance(earlier, jobs.Credit) for earlier in io):
                     io.append(command)
                 case jobs.Release(worker):
                     session = running.sessions.get(worker)
@@ -295,7 +324,14 @@ class JobRouter:
     def _redispatch(self, running: _Running, count: int, exclude: frozenset[str]) -> list[Command]:
         job = running.job
         fresh = select_replicas(
-            self._pool.candidates(), job.model, job.task, count, rng=self._rng, tail=0, exclude=exclude
+            self._pool.candidates(),
+            job.model,
+            job.task,
+            count,
+            rng=self._rng,
+            tail=0,
+            exclude=exclude,
+            engine=job.engine,
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
@@ -322,6 +358,9 @@ class JobRouter:
                         )
                 case jobs.Credit(amounts):
                     await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
+                case jobs.AnswerCaller():
+                    if not running.caller.done():
+                        running.caller.set_result(command)
 
     async def _send_job(self, running: _Running, worker: str, frame: str) -> None:
         session = running.sessions.get(worker)
@@ -352,6 +391,7 @@ class JobRouter:
                 self._metrics.answer_latency.observe(latency_ms / 1000)
             after = update_score(self._pool.score(worker), outcome, latency_ms, self._pool.scoring)
             self._pool.set_score(worker, after)
+            self._scores.put(worker, after)
             self._metrics.scores.observe(after.quality)
 
     def _close(self, running: _Running) -> None:
@@ -360,7 +400,9 @@ class JobRouter:
             running.timer.cancel()
         self._running.pop(job.id, None)
         running.closed.set_result(None)
-        self._metrics.jobs.labels(job.round.verdict().outcome.value).inc()
+        verdict = job.round.verdict().outcome.value
+        self._metrics.jobs.labels(verdict).inc()
+        self._metrics.count_engine_verdict(job.engine, verdict)
         self._records.put(job.record())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
