@@ -15,6 +15,7 @@ After login an invalid message is a violation (`VIOLATION`: an error, the sessio
 
 import itertools
 import json
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +155,14 @@ not_integers = st.one_of(
 )
 
 
+def longer_than(limit: int, alphabet: st.SearchStrategy[str] = printable) -> st.SearchStrategy[str]:
+    """Text of `limit` + 1 to 2 * `limit` characters: a short drawn piece, repeated (drawing every
+    character of a long text would make Hypothesis slow for nothing)."""
+    return st.tuples(st.text(alphabet, min_size=1, max_size=8), st.integers(limit + 1, 2 * limit)).map(
+        lambda pair: (pair[0] * pair[1])[: pair[1]]
+    )
+
+
 def nested(depth: int) -> str:
     """JSON text of lists nested `depth` deep (the nesting limits count containers)."""
     return "[" * depth + "]" * depth
@@ -172,9 +181,7 @@ unprintable = st.sampled_from(["\n", "\t", "\x00", "\x1b", "\x7f", "é", "\u2028
 broken_offer = st.one_of(
     offers.map(lambda offer: {k: v for k, v in offer.items() if k != "id"}),
     offers.map(lambda offer: offer | {"id": ""}),
-    st.tuples(offers, st.text(printable, min_size=MAX_TEXT_CHARS + 1, max_size=300)).map(
-        lambda pair: pair[0] | {"id": pair[1]}
-    ),
+    st.tuples(offers, longer_than(MAX_TEXT_CHARS)).map(lambda pair: pair[0] | {"id": pair[1]}),
     st.tuples(offers, model_ids, unprintable).map(lambda t: t[0] | {"id": t[1] + t[2]}),
     st.tuples(offers, not_strings).map(lambda pair: pair[0] | {"id": pair[1]}),
     offers.map(lambda offer: offer | {"tasks": []}),
@@ -187,9 +194,7 @@ broken_offer = st.one_of(
     st.tuples(offers, not_strings.filter(lambda value: not isinstance(value, list))).map(
         lambda pair: pair[0] | {"tasks": pair[1]}
     ),
-    st.tuples(offers, st.text(printable, min_size=MAX_TEXT_CHARS + 1, max_size=300)).map(
-        lambda pair: pair[0] | {"engine": pair[1]}
-    ),
+    st.tuples(offers, longer_than(MAX_TEXT_CHARS)).map(lambda pair: pair[0] | {"engine": pair[1]}),
     st.tuples(offers, engines, unprintable).map(lambda t: t[0] | {"engine": t[1][:150] + t[2]}),
     st.tuples(offers, not_strings).map(lambda pair: pair[0] | {"engine": pair[1]}),
     not_strings,
@@ -216,6 +221,21 @@ broken_concurrency = st.one_of(
 agents = st.text(max_size=MAX_TEXT_CHARS)
 
 
+AUTH_FIELDS = frozenset({"type", "message", "signature", "models", "max_concurrency", "agent"})
+extra_auth_fields = st.tuples(
+    st.text(min_size=1, max_size=8).filter(lambda name: name not in AUTH_FIELDS), json_values
+)
+broken_auth_fields = st.one_of(  # (name, JSON text) of one field out of its bounds; "" leaves it out
+    st.tuples(st.just("models"), broken_offers.map(_json)),
+    st.tuples(st.just("max_concurrency"), broken_concurrency.map(_json)),
+    st.tuples(st.just("agent"), longer_than(MAX_TEXT_CHARS, st.characters()).map(_json)),
+    st.tuples(st.sampled_from(["agent", "message", "signature"]), not_strings.map(_json)),
+    st.tuples(st.just("message"), longer_than(4096, st.characters()).map(_json)),
+    st.tuples(st.just("signature"), longer_than(200).map(_json)),
+    st.tuples(st.sampled_from(["message", "signature", "models", "max_concurrency"]), st.just("")),
+)
+
+
 @st.composite
 def logins(draw: st.DrawFn) -> Login:
     """A login: genuine, flawed in one field's bounds, or flawed as a login."""
@@ -225,30 +245,15 @@ def logins(draw: st.DrawFn) -> Login:
         "agent": _json(draw(agents)),
     }
     if draw(st.booleans()):  # unknown fields are ignored
-        fields[draw(st.text(min_size=1, max_size=8).filter(lambda name: name not in AUTH_FIELDS))] = _json(
-            draw(json_values)
-        )
+        name, value = draw(extra_auth_fields)
+        fields[name] = _json(value)
     flaw = draw(st.sampled_from(["none", "none", "field", "login", "unregistered"]))
     if flaw == "field":
-        name, value = draw(
-            st.one_of(
-                st.tuples(st.just("models"), broken_offers.map(_json)),
-                st.tuples(st.just("max_concurrency"), broken_concurrency.map(_json)),
-                st.tuples(st.just("agent"), st.text(min_size=MAX_TEXT_CHARS + 1, max_size=300).map(_json)),
-                st.tuples(st.just("agent"), not_strings.map(_json)),
-                st.tuples(st.just("message"), not_strings.map(_json)),
-                st.tuples(st.just("message"), st.text(min_size=4097, max_size=4200).map(_json)),
-                st.tuples(st.just("signature"), not_strings.map(_json)),
-                st.tuples(st.just("signature"), st.text(min_size=201, max_size=300).map(_json)),
-                st.tuples(
-                    st.sampled_from(["message", "signature", "models", "max_concurrency"]), st.just("")
-                ),
-            )
-        )
-        fields[name] = value  # "" leaves the field out
+        name, value = draw(broken_auth_fields)
+        fields[name] = value
         return Login(tuple(fields.items()), broken=True)
     if flaw == "login":
-        tamper = draw(st.sampled_from(Tamper.__args__))  # type: ignore[attr-defined]
+        tamper = draw(st.sampled_from(typing.get_args(Tamper)))
         garbage = ""
         if tamper == "signature":
             garbage = "0x" + draw(st.text("0123456789abcdef", max_size=140))
@@ -256,9 +261,6 @@ def logins(draw: st.DrawFn) -> Login:
             garbage = draw(st.text(max_size=300))
         return Login(tuple(fields.items()), tamper=tamper, garbage=garbage)
     return Login(tuple(fields.items()), signer="unregistered" if flaw == "unregistered" else "registered")
-
-
-AUTH_FIELDS = frozenset({"type", "message", "signature", "models", "max_concurrency", "agent"})
 
 
 # Text messages: (JSON text, answer before login, answer after login).

@@ -5,6 +5,9 @@ The orchestrator runs as its own process (as `python -m bench.fuzz` runs it), so
 its own; the fuzzers and two good scripted miners run in the test. Seeds are fixed.
 """
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -140,3 +143,33 @@ async def test_every_request_gets_its_documented_answer_never_a_500_or_a_hang(
     assert await healthy(target.url)
     assert await good_miners_get_a_job(target.url)
     assert rss_after <= rss_before * (1 + RSS_GROWTH_LIMIT), (rss_before, rss_after)
+
+
+def test_the_fuzzing_bench_runs_and_reports_what_it_tried(tmp_path: Path) -> None:
+    """`python -m bench.fuzz` at a small size: the report has every figure, all answers documented."""
+    report_path = tmp_path / "fuzz.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.fuzz",
+            "--frames",
+            "150",
+            "--requests",
+            "100",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert (report["frames"], report["requests"]) == (150, 100)
+    assert (report["unexpected"], report["crashes"], report["hangs"]) == (0, 0, 0), report[
+        "unexpected_examples"
+    ]
+    assert isinstance(report["rss_growth_pct"], float)
+    assert "krewe fuzzing" in done.stdout
