@@ -185,6 +185,7 @@ class RawWebSocket:
     writer: asyncio.StreamWriter
     handshake: HttpAnswer
     received: list[ServerFrame] = field(default_factory=list)
+    reset: bool = False  # the connection ended with a reset, not a close
 
     @classmethod
     async def open(
@@ -234,7 +235,10 @@ class RawWebSocket:
                 elif length == 127:
                     length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
                 payload = await self.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
+        except asyncio.IncompleteReadError:
+            return None
+        except ConnectionResetError:
+            self.reset = True
             return None
         except TimeoutError:
             raise HangError(f"no frame within {timeout_s} s") from None

@@ -10,8 +10,9 @@ own parts answer before any middleware runs.
   level with a traceback.
 - Past `max_connections` open connections, a new one is answered 503 `too_many_connections` and
   closed, so that a flood of connections leaves file descriptors to the chain client and the stores.
-- A WebSocket frame from a client that is not masked fails the connection with 1002 (RFC 6455
-  §5.1); aiohttp's reader does not check the mask bit.
+- A WebSocket frame from a client that is not masked, or a new message inside a fragmented one,
+  fails the connection with 1002 (RFC 6455 §5.1, §5.4), which aiohttp's reader lets through
+  (`krewe.orchestrator.frame_check`).
 - A request of HTTP/0.9 or HTTP/2.0 in HTTP/1 syntax, which aiohttp's parser takes and would
   answer in HTTP/1 syntax under that version's number, gets 505 `http_version_not_supported`.
 - An HTTP error aiohttp raises before the app's middlewares run (417 for an `Expect` other than
@@ -24,6 +25,7 @@ aiohttp makes one `RequestHandler` per connection through its `Server`; `make_ru
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -37,7 +39,7 @@ from krewe.orchestrator.api.errors import (
     http_error_response,
 )
 from krewe.orchestrator.config import OrchestratorSettings
-from krewe.orchestrator.masking import MaskScanner
+from krewe.orchestrator.frame_check import FrameCheck
 from krewe.orchestrator.metrics import Metrics
 from krewe.untrusted import untrusted
 
@@ -192,32 +194,33 @@ class _Connection(web.RequestHandler):
         super().log_exception(*args, **kwargs)
 
     def set_parser(self, parser: WebSocketReader, data_received_cb: Any = None) -> None:
-        """Upgraded to a WebSocket: the client's frames pass the mask check on their way to `parser`."""
-        checked = _MaskChecked(parser, self._fail_unmasked)
+        """Upgraded to a WebSocket: the client's frames pass the frame check on their way to `parser`."""
+        checked = _Checked(parser, self._fail_websocket)
         super().set_parser(cast(WebSocketReader, checked), data_received_cb)
 
-    def _fail_unmasked(self) -> None:
+    def _fail_websocket(self, breach: str) -> None:
         transport = self.transport
         if transport is not None:
             peer = transport.get_extra_info("peername")
-            log.info("closing the WebSocket of %s with 1002: a frame was not masked", peer)
+            log.info("closing the WebSocket of %s with 1002: %s", peer, breach)
             transport.write(_CLOSE_1002)
         self.force_close()
 
 
-class _MaskChecked:
-    """A WebSocket reader's feed, stopped with a call to `on_unmasked` at the first unmasked frame."""
+class _Checked:
+    """A WebSocket reader's feed, stopped with a call to `on_breach` at the first frame that breaks
+    a rule of `FrameCheck`."""
 
-    def __init__(self, reader: WebSocketReader, on_unmasked: Any) -> None:
+    def __init__(self, reader: WebSocketReader, on_breach: Callable[[str], None]) -> None:
         self._reader = reader
-        self._scanner = MaskScanner()
-        self._on_unmasked = on_unmasked
+        self._check = FrameCheck()
+        self._on_breach = on_breach
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self._scanner.feed(data):
+        if self._check.feed(data):
             result: tuple[bool, bytes] = self._reader.feed_data(data)
             return result
-        self._on_unmasked()
+        self._on_breach(self._check.breach or "")
         return True, b""
 
     def feed_eof(self) -> None:
