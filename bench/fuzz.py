@@ -44,7 +44,7 @@ from tests.adversarial.fuzzing import (
 from tests.adversarial.http_probes import http_probes
 from tests.support.scripted_miner import ScriptedMiner
 
-from bench.network import chain, miner_address, miner_key, orchestrator
+from bench.network import Process, chain, miner_address, miner_key, orchestrator
 from krewe.orchestrator.config import OrchestratorSettings
 
 HOST = "127.0.0.1"
@@ -70,7 +70,7 @@ def worker_keys(worker: int) -> MinerKeys:
 class Run:
     """One fuzzing run against one orchestrator process."""
 
-    def __init__(self, args: argparse.Namespace, process: Any, url: str) -> None:
+    def __init__(self, args: argparse.Namespace, process: Process, url: str) -> None:
         self.args, self.process, self.url = args, process, url
         self.port = int(url.rsplit(":", 1)[1])
         self.started = time.monotonic()
@@ -80,9 +80,15 @@ class Run:
         self.rss: list[int] = []
 
     async def fuzz(
-        self, tally: Tally, total: int, draw: Callable[[int, int], list[Any]], make: Callable[[int], Any]
+        self,
+        tally: Tally,
+        total: int,
+        draw: Callable[[int, int], list[Any]],
+        make: Callable[[int], FrameFuzzer | HttpFuzzer],
     ) -> None:
         """`total` probes in batches: the next batch is drawn in another process while one runs."""
+        if total <= 0:
+            return
         fuzzers = [make(worker) for worker in range(self.args.workers)]
         loop = asyncio.get_running_loop()
         batches = [
@@ -90,11 +96,11 @@ class Run:
             for index, start in enumerate(range(0, total, BATCH))
         ]
         with ProcessPoolExecutor(max_workers=1) as generator:
-            pending = [loop.run_in_executor(generator, draw, *batch) for batch in batches[:1]]
+            drawing = loop.run_in_executor(generator, draw, *batches[0])
             for index in range(len(batches)):
-                probes: Sequence[Any] = await pending.pop(0)
+                probes: Sequence[Any] = await drawing
                 if index + 1 < len(batches):
-                    pending.append(loop.run_in_executor(generator, draw, *batches[index + 1]))
+                    drawing = loop.run_in_executor(generator, draw, *batches[index + 1])
                 await asyncio.gather(
                     *(
                         fuzzer.run(probes[worker :: len(fuzzers)], tally)
@@ -102,15 +108,13 @@ class Run:
                     )
                 )
                 await self.check()
-                done = sum(tally.tried.values())
-                elapsed = time.monotonic() - self.started
+                done, elapsed = sum(tally.tried.values()), time.monotonic() - self.started
                 print(
                     f"  {done:,} of {total:,} probes, {len(tally.unexpected)} unexpected, {elapsed:.0f} s",
                     flush=True,
                 )
                 if time.monotonic() > self.deadline or self.process.popen.poll() is not None:
-                    for future in pending:
-                        future.cancel()
+                    generator.shutdown(cancel_futures=True)
                     return
 
     async def check(self) -> None:
@@ -124,7 +128,7 @@ class Run:
         self.rss.append(self.process.rss_bytes())
 
 
-async def fuzz(args: argparse.Namespace, process: Any, url: str) -> Run:
+async def fuzz(args: argparse.Namespace, process: Process, url: str) -> Run:
     run = Run(args, process, url)
     connect = url.replace("http", "ws", 1) + "/v1/workers/connect"
     async with AsyncExitStack() as stack:
