@@ -9,6 +9,11 @@ Every credit is in exactly one of three places, and at every moment
   (one amount per worker); credits made afterwards stay pending beside them.
 - `commit(batch_id)` marks a batch paid; `revert(batch_id)` returns its credits to pending.
 
+Each worker's own account obeys the same equation (`earnings`), and `statement` lists what makes
+it up: the worker's credits, each with the moment it was made durable, and its payouts (the paid
+batches it was in, with their batch nonce and transaction). Times come from the `clock` the ledger
+is given, in milliseconds since the epoch; 0 marks entries written before times were recorded.
+
 A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. While open it may carry a
 `SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, the block it
 was signed at, every signed transaction), written before any of it is broadcast, so that a restart
@@ -21,11 +26,12 @@ callers that want throughput group many credits into one `credit_many`.
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "Batch",
@@ -39,6 +45,11 @@ __all__ = [
     "SQLiteLedgerStore",
     "SendRecord",
     "SignedSend",
+    "Statement",
+    "StatementCredit",
+    "StatementCursor",
+    "StatementPayout",
+    "WorkerTotals",
 ]
 
 
@@ -138,6 +149,52 @@ class LedgerTotals:
     in_flight: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerTotals:
+    """One worker's account: credited = paid + pending + in_flight."""
+
+    credited: int
+    paid: int
+    pending: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementCredit:
+    job_id: str
+    amount: int
+    at_ms: int  # when the credit was made durable; 0: before times were recorded
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPayout:
+    batch_id: int
+    batch_nonce: int | None
+    tx_hash: str | None  # the batch's last signed transaction
+    amount: int
+    at_ms: int  # when the batch was committed as paid; 0: before times were recorded
+
+
+@dataclass(frozen=True, slots=True)
+class StatementCursor:
+    """Where a page of a statement starts. Both lists run newest first: a page holds the entries
+    older than the keys here (None: from the newest), and a list that is done stays empty."""
+
+    credits_before: tuple[int, str] | None = None  # (at_ms, job_id) of the last credit shown
+    payouts_before: int | None = None  # batch id of the last payout shown
+    credits_done: bool = False
+    payouts_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    worker: str
+    totals: WorkerTotals
+    credits: list[StatementCredit]
+    payouts: list[StatementPayout]
+    next: StatementCursor | None  # None: this was the last page
+
+
 @dataclass(slots=True)
 class LedgerState:
     """What a store holds, as `load` returns it."""
@@ -147,6 +204,8 @@ class LedgerState:
     credited: int = 0
     paid: int = 0
     next_batch_id: int = 1
+    credited_by_worker: dict[str, int] = field(default_factory=dict)
+    paid_by_worker: dict[str, int] = field(default_factory=dict)
 
 
 class LedgerStore(Protocol):
@@ -154,34 +213,48 @@ class LedgerStore(Protocol):
 
     def load(self) -> LedgerState: ...
 
-    def add_credits(self, credits: Sequence[Credit]) -> list[bool]:
-        """Store the credits not seen before; True for each one that was new."""
+    def add_credits(self, credits: Sequence[Credit], at_ms: int) -> list[bool]:
+        """Store the credits not seen before, made at `at_ms`; True for each one that was new."""
         ...
 
     def freeze(self, batches: Sequence[Batch]) -> None:
         """Record the batches and move every pending credit of their workers into them."""
         ...
 
-    def settle(self, batch: Batch, state: BatchState) -> None:
-        """Mark an open batch PAID, or REVERTED with its credits back to pending."""
+    def settle(self, batch: Batch, state: BatchState, at_ms: int) -> None:
+        """Mark an open batch PAID (at `at_ms`), or REVERTED with its credits back to pending."""
         ...
 
     def record_send(self, batch_id: int, record: SendRecord) -> None:
         """Replace the send record of an open batch."""
         ...
 
+    def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
+        """The worker's credits older than `before` (None: all), newest first, at most `limit`."""
+        ...
+
+    def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
+        """The worker's payouts from batches before `before` (None: all), newest first."""
+        ...
+
     def close(self) -> None: ...
 
 
 class RewardLedger:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: LedgerStore, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock  # seconds since the epoch: when credits and payouts happened
         state = store.load()
         self._pending = state.pending
         self._open = state.open_batches
         self._credited = state.credited
         self._paid = state.paid
         self._next_batch_id = state.next_batch_id
+        self._credited_by_worker = state.credited_by_worker
+        self._paid_by_worker = state.paid_by_worker
+
+    def _now_ms(self) -> int:
+        return round(self._clock() * 1000)
 
     def credit(self, worker: str, amount: int, job_id: str) -> bool:
         """Credit `amount` wei to `worker` for `job_id`. False if that credit already existed."""
@@ -192,10 +265,12 @@ class RewardLedger:
         batch = list(credits)
         if not batch:
             return []
-        added = self._store.add_credits(batch)
+        added = self._store.add_credits(batch, self._now_ms())
         for credit, new in zip(batch, added, strict=True):
             if new:
-                self._pending[credit.worker] = self._pending.get(credit.worker, 0) + credit.amount
+                worker = credit.worker
+                self._pending[worker] = self._pending.get(worker, 0) + credit.amount
+                self._credited_by_worker[worker] = self._credited_by_worker.get(worker, 0) + credit.amount
                 self._credited += credit.amount
         return added
 
@@ -221,15 +296,17 @@ class RewardLedger:
     def commit(self, batch_id: int) -> Batch:
         """The batch was paid on chain."""
         batch = self._take_open(batch_id)
-        self._store.settle(batch, BatchState.PAID)
+        self._store.settle(batch, BatchState.PAID, self._now_ms())
         del self._open[batch_id]
         self._paid += batch.total
+        for worker, amount in zip(batch.workers, batch.amounts, strict=True):
+            self._paid_by_worker[worker] = self._paid_by_worker.get(worker, 0) + amount
         return replace(batch, state=BatchState.PAID)
 
     def revert(self, batch_id: int) -> Batch:
         """The batch surely was not paid: its credits go back to pending."""
         batch = self._take_open(batch_id)
-        self._store.settle(batch, BatchState.REVERTED)
+        self._store.settle(batch, BatchState.REVERTED, self._now_ms())
         del self._open[batch_id]
         for worker, amount in zip(batch.workers, batch.amounts, strict=True):
             self._pending[worker] = self._pending.get(worker, 0) + amount
@@ -261,6 +338,45 @@ class RewardLedger:
         in_flight = sum(batch.total for batch in self._open.values())
         return LedgerTotals(self._credited, self._paid, pending, in_flight)
 
+    def earnings(self, workers: Iterable[str]) -> dict[str, WorkerTotals]:
+        """Each worker's account, from memory."""
+        in_flight: dict[str, int] = {}
+        for batch in self._open.values():
+            for worker, amount in zip(batch.workers, batch.amounts, strict=True):
+                in_flight[worker] = in_flight.get(worker, 0) + amount
+        return {
+            worker: WorkerTotals(
+                self._credited_by_worker.get(worker, 0),
+                self._paid_by_worker.get(worker, 0),
+                self._pending.get(worker, 0),
+                in_flight.get(worker, 0),
+            )
+            for worker in workers
+        }
+
+    def statement(self, worker: str, cursor: StatementCursor, limit: int) -> Statement:
+        """One page of the worker's statement: its account, and up to `limit` credits and `limit`
+        payouts from `cursor` on, newest first."""
+        if limit < 1:
+            raise LedgerError(f"a statement page holds at least one entry, not {limit}")
+        credits: list[StatementCredit] = []
+        if not cursor.credits_done:
+            credits = self._store.credits_of(worker, cursor.credits_before, limit + 1)
+        payouts: list[StatementPayout] = []
+        if not cursor.payouts_done:
+            payouts = self._store.payouts_of(worker, cursor.payouts_before, limit + 1)
+        credits_done, payouts_done = len(credits) <= limit, len(payouts) <= limit
+        credits, payouts = credits[:limit], payouts[:limit]
+        following = StatementCursor(
+            (credits[-1].at_ms, credits[-1].job_id) if credits else cursor.credits_before,
+            payouts[-1].batch_id if payouts else cursor.payouts_before,
+            credits_done,
+            payouts_done,
+        )
+        totals = self.earnings([worker])[worker]
+        last = credits_done and payouts_done
+        return Statement(worker, totals, credits, payouts, None if last else following)
+
     def close(self) -> None:
         self._store.close()
 
@@ -291,7 +407,26 @@ CREATE TABLE IF NOT EXISTS totals (
 INSERT OR IGNORE INTO totals (id, credited, paid) VALUES (1, '0', '0');
 """
 # PRAGMA user_version of the ledgers this code writes. 1: send records carry `signed_block`.
-_SCHEMA_VERSION = 1
+# 2: credits carry the time they were made; each worker's credited and paid totals (`earnings`)
+# and its share of every paid batch (`payouts`) are kept, for statements.
+_SCHEMA_VERSION = 2
+
+_SCHEMA_2 = """
+ALTER TABLE credits ADD COLUMN at INTEGER NOT NULL DEFAULT 0;  -- ms since the epoch, 0 when unknown
+CREATE INDEX credits_by_worker ON credits (worker, at, job_id);
+CREATE TABLE earnings (                   -- each worker's totals: credited = paid + pending + in flight
+    worker TEXT PRIMARY KEY,
+    credited TEXT NOT NULL,
+    paid TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE payouts (                    -- each worker's share of each paid batch
+    worker TEXT NOT NULL,
+    batch_id INTEGER NOT NULL,
+    amount TEXT NOT NULL,
+    at INTEGER NOT NULL,                  -- ms since the epoch the batch was committed, 0 when unknown
+    PRIMARY KEY (worker, batch_id)
+) WITHOUT ROWID;
+"""
 
 
 class SQLiteLedgerStore:
@@ -327,15 +462,41 @@ class SQLiteLedgerStore:
         if version == _SCHEMA_VERSION:
             return
         with self._transaction() as db:
-            # Version 0 did not record the block a batch was signed at: 0 makes its event search
-            # start at chain_from_block, as it did then.
-            signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
-            for batch_id, send in signed:
-                db.execute(
-                    "UPDATE batches SET send = ? WHERE id = ?",
-                    (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
-                )
+            if version < 1:
+                # Version 0 did not record the block a batch was signed at: 0 makes its event
+                # search start at chain_from_block, as it did then.
+                signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
+                for batch_id, send in signed:
+                    db.execute(
+                        "UPDATE batches SET send = ? WHERE id = ?",
+                        (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
+                    )
+            if version < 2:
+                self._add_earnings_and_payouts(db)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    @staticmethod
+    def _add_earnings_and_payouts(db: sqlite3.Connection) -> None:
+        """Version 2's tables, filled from what earlier versions kept (times unknown: 0)."""
+        for statement in _SCHEMA_2.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        credited: dict[str, int] = {}
+        for worker, amount in db.execute("SELECT worker, amount FROM credits"):
+            credited[worker] = credited.get(worker, 0) + int(amount)
+        paid: dict[str, int] = {}
+        payouts = []
+        for batch_id, workers, amounts in db.execute(
+            "SELECT id, workers, amounts FROM batches WHERE state = 'paid'"
+        ).fetchall():
+            for worker, amount in zip(workers.split(), amounts.split(), strict=True):
+                paid[worker] = paid.get(worker, 0) + int(amount)
+                payouts.append((worker, batch_id, amount, 0))
+        db.executemany("INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)", payouts)
+        db.executemany(
+            "INSERT INTO earnings (worker, credited, paid) VALUES (?, ?, ?)",
+            [(worker, str(amount), str(paid.get(worker, 0))) for worker, amount in credited.items()],
+        )
 
     def load(self) -> LedgerState:
         state = LedgerState()
@@ -355,11 +516,14 @@ class SQLiteLedgerStore:
         state.credited, state.paid = int(credited), int(paid)
         (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
         state.next_batch_id = last_id + 1
+        for worker, credited, paid in self._db.execute("SELECT worker, credited, paid FROM earnings"):
+            state.credited_by_worker[worker] = int(credited)
+            state.paid_by_worker[worker] = int(paid)
         return state
 
-    def add_credits(self, credits: Sequence[Credit]) -> list[bool]:
-        insert = "INSERT OR IGNORE INTO credits (job_id, worker, amount) VALUES (?, ?, ?)"
-        rows = [(credit.job_id, credit.worker, str(credit.amount)) for credit in credits]
+    def add_credits(self, credits: Sequence[Credit], at_ms: int) -> list[bool]:
+        insert = "INSERT OR IGNORE INTO credits (job_id, worker, amount, at) VALUES (?, ?, ?, ?)"
+        rows = [(credit.job_id, credit.worker, str(credit.amount), at_ms) for credit in credits]
         with self._transaction() as db:
             db.execute("SAVEPOINT inserts")
             before = db.total_changes
@@ -375,6 +539,7 @@ class SQLiteLedgerStore:
                     owed[credit.worker] = owed.get(credit.worker, 0) + credit.amount
             if owed:
                 self._add_to_balances(db, owed)
+                self._add_to_earnings(db, owed, "credited")
                 (credited,) = db.execute("SELECT credited FROM totals").fetchone()
                 db.execute("UPDATE totals SET credited = ?", (str(int(credited) + sum(owed.values())),))
         return added
@@ -390,7 +555,7 @@ class SQLiteLedgerStore:
                     "DELETE FROM balances WHERE worker = ?", [(worker,) for worker in batch.workers]
                 )
 
-    def settle(self, batch: Batch, state: BatchState) -> None:
+    def settle(self, batch: Batch, state: BatchState, at_ms: int) -> None:
         if state is BatchState.OPEN:
             raise LedgerError("a batch can only be settled as paid or reverted")
         with self._transaction() as db:
@@ -402,6 +567,12 @@ class SQLiteLedgerStore:
             if state is BatchState.PAID:
                 (paid,) = db.execute("SELECT paid FROM totals").fetchone()
                 db.execute("UPDATE totals SET paid = ?", (str(int(paid) + batch.total),))
+                shares = list(zip(batch.workers, batch.amounts, strict=True))
+                db.executemany(
+                    "INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)",
+                    [(worker, batch.id, str(amount), at_ms) for worker, amount in shares],
+                )
+                self._add_to_earnings(db, dict(shares), "paid")
             else:
                 self._add_to_balances(db, dict(zip(batch.workers, batch.amounts, strict=True)))
 
@@ -415,23 +586,77 @@ class SQLiteLedgerStore:
 
     @staticmethod
     def _add_to_balances(db: sqlite3.Connection, owed: Mapping[str, int]) -> None:
-        workers = list(owed)
-        found: dict[str, int] = {}
-        for start in range(0, len(workers), 500):  # keep under SQLite's bound-parameter limit
-            chunk = workers[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT worker, pending FROM balances WHERE worker IN ({marks})"
-            found.update((worker, int(pending)) for worker, pending in db.execute(query, chunk))
+        found = dict(_rows_of(db, "SELECT worker, pending FROM balances WHERE worker IN ({})", list(owed)))
         db.executemany(
             "INSERT OR REPLACE INTO balances (worker, pending) VALUES (?, ?)",
-            [(worker, str(found.get(worker, 0) + amount)) for worker, amount in owed.items()],
+            [(worker, str(int(found.get(worker, 0)) + amount)) for worker, amount in owed.items()],
         )
+
+    @staticmethod
+    def _add_to_earnings(db: sqlite3.Connection, amounts: Mapping[str, int], column: str) -> None:
+        """Add to each worker's credited or paid total."""
+        query = "SELECT worker, credited, paid FROM earnings WHERE worker IN ({})"
+        found = {
+            worker: [int(credited), int(paid)]
+            for worker, credited, paid in _rows_of(db, query, list(amounts))
+        }
+        index = ("credited", "paid").index(column)
+        for worker, amount in amounts.items():
+            found.setdefault(worker, [0, 0])[index] += amount
+        db.executemany(
+            "INSERT OR REPLACE INTO earnings (worker, credited, paid) VALUES (?, ?, ?)",
+            [(worker, str(credited), str(paid)) for worker, (credited, paid) in found.items()],
+        )
+
+    def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
+        query = "SELECT job_id, amount, at FROM credits WHERE worker = ?"
+        arguments: tuple[object, ...] = (worker,)
+        if before is not None:
+            query += " AND (at, job_id) < (?, ?)"
+            arguments += before
+        query += " ORDER BY at DESC, job_id DESC LIMIT ?"
+        rows = self._db.execute(query, (*arguments, limit))
+        return [StatementCredit(job_id, int(amount), at) for job_id, amount, at in rows]
+
+    def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
+        query = (
+            "SELECT payouts.batch_id, payouts.amount, payouts.at, batches.send FROM payouts"
+            " JOIN batches ON batches.id = payouts.batch_id WHERE payouts.worker = ?"
+        )
+        arguments: tuple[object, ...] = (worker,)
+        if before is not None:
+            query += " AND payouts.batch_id < ?"
+            arguments += (before,)
+        query += " ORDER BY payouts.batch_id DESC LIMIT ?"
+        payouts = []
+        for batch_id, amount, at, send in self._db.execute(query, (*arguments, limit)):
+            record = SendRecord.from_json(send) if send else None
+            payouts.append(
+                StatementPayout(
+                    batch_id,
+                    record.batch_nonce if record else None,
+                    record.sends[-1].tx_hash if record else None,
+                    int(amount),
+                    at,
+                )
+            )
+        return payouts
 
     def close(self) -> None:
         self._db.close()
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
+
+
+def _rows_of(db: sqlite3.Connection, query: str, workers: list[str]) -> list[Any]:
+    """`query`'s rows for `workers`, its `{}` filled with their placeholders, in chunks that keep
+    under SQLite's bound-parameter limit."""
+    rows: list[Any] = []
+    for start in range(0, len(workers), 500):
+        chunk = workers[start : start + 500]
+        rows += db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+    return rows
 
 
 class _Transaction:
