@@ -50,10 +50,8 @@ function jobShort(id) {
 
 function compact(wei) {
   const whole = BigInt(wei ?? "0") / WEI_PER_KREW;
-  if (whole >= 1_000_000_000n) return `${(Number(whole) / 1e9).toFixed(2)} B`;
-  if (whole >= 1_000_000n) return `${(Number(whole) / 1e6).toFixed(2)} M`;
-  if (whole >= 10_000n) return `${(Number(whole) / 1e3).toFixed(1)} k`;
-  return krew(wei);
+  if (whole < 10_000n) return krew(wei);
+  return new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 2 }).format(Number(whole));
 }
 
 function ago(seconds) {
@@ -66,7 +64,7 @@ function ago(seconds) {
 }
 
 function when(text) {
-  return text ? esc(text.replace("T", " ").replace(/\.\d+Z$/, " UTC")) : "—";
+  return text ? `<span title="${esc(text)}">${esc(text.replace("T", " ").replace(/\.\d+Z$/, ""))}</span>` : "—";
 }
 
 function pill(kind, label) {
@@ -265,7 +263,7 @@ function minersTable(miners) {
 
 function jobsTable(jobs) {
   if (!jobs.length) return `<div class="empty">No job has finished yet.</div>`;
-  const rows = jobs.slice(0, 15).map((job) => `
+  const rows = jobs.slice(0, 10).map((job) => `
     <tr>
       <td class="muted">${esc(ago(job.closed_at))}</td>
       <td class="mono"><a class="job-link" href="#/jobs/${esc(job.job_id)}">${esc(jobShort(job.job_id))}</a></td>
@@ -330,7 +328,7 @@ function drawCharts(snapshot) {
   };
   place("chart-verdicts", (w) => verdictChart(series, w));
   place("chart-latency", (w) => lineChart(series, ["p50_ms", "p99_ms"], w, axisMs, "client latency p50 and p99"));
-  place("chart-miners", (w) => lineChart(series, ["miners"], w, (v) => v.toFixed(0), "miners connected"));
+  place("chart-miners", (w) => lineChart(series, ["miners"], w, (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)), "miners connected"));
 }
 
 // A job's audit record.
@@ -359,7 +357,7 @@ async function jobPage(jobId) {
           <dt>Verdict</dt><dd>${pill(verdict, VERDICT_LABELS[verdict])}${record.final ? "" : ' <span class="pill open">collecting</span>'}</dd>
           <dt>Agreeing</dt><dd>${record.agreeing.length} of ${record.replicas} (threshold ${record.threshold})</dd>
           <dt>Model</dt><dd>${esc(record.model)} <span class="muted">${esc(record.task)}</span></dd>
-          <dt>Created</dt><dd>${when(record.created_at)}</dd>
+          <dt>Created</dt><dd>${when(record.created_at)} UTC</dd>
           <dt>Digest</dt><dd class="mono">${esc(record.digest ?? "—")}</dd>
           <dt>Creditable</dt><dd>${record.creditable ? "yes" : "no"}${record.deadline_exceeded ? " · deadline passed" : ""}</dd>
         </dl></div>
@@ -385,16 +383,16 @@ async function minerPage(address) {
       <div class="card kpi"><div class="label">Pending</div><div class="value">${krewCell(statement.pending)}<small>KREW</small></div></div>
       <div class="card kpi"><div class="label">In flight</div><div class="value">${krewCell(statement.in_flight)}<small>KREW</small></div></div>
       <div class="card kpi"><div class="label">Score</div><div class="value">${live ? live.score.toFixed(3) : "—"}</div><div class="sub">${live ? `${live.jobs} jobs · ${esc(ms(live.latency_ms))}` : "not connected"}</div></div>
-      <div class="card kpi"><div class="label">Engine class</div><div class="value mono">${live ? esc(short(live.engines.join(", "), 18, 0).replace("…", "…")) : "—"}</div><div class="sub">${live ? esc(live.agent) : ""}</div></div>
+      <div class="card kpi"><div class="label">Engine class</div><div class="value text mono">${live ? esc(live.engines.join(", ")) : "—"}</div><div class="sub">${live ? esc(live.agent) : ""}</div></div>
     </section>
-    <section class="grid pair">
+    <section class="grid pair even">
       <div class="card"><h2>Credits <span class="aside">newest first</span></h2>
-        <div class="table-wrap"><table id="credits-table"><thead><tr><th>When</th><th>Job</th><th class="num">Amount (KREW)</th></tr></thead><tbody></tbody></table></div></div>
+        <div class="table-wrap"><table id="credits-table"><thead><tr><th>When (UTC)</th><th>Job</th><th class="num">Amount (KREW)</th></tr></thead><tbody></tbody></table></div></div>
       <div class="card"><h2>Payouts</h2>
-        <div class="table-wrap"><table id="payouts-table"><thead><tr><th>When</th><th class="num">Batch nonce</th><th>Transaction</th><th class="num">Amount (KREW)</th></tr></thead><tbody></tbody></table></div></div>
+        <div class="table-wrap"><table id="payouts-table"><thead><tr><th>When (UTC)</th><th class="num">Batch nonce</th><th>Transaction</th><th class="num">Amount (KREW)</th></tr></thead><tbody></tbody></table></div></div>
     </section>
     <button class="more" id="more" hidden>Load more</button>
-    <div class="legend">The same statement, as JSON: <a href="/v1/workers/${esc(statement.worker)}/statement">/v1/workers/${esc(short(statement.worker))}/statement</a>; a miner prints it with <span class="mono">krewe miner statement</span>.</div>`;
+    <p class="note">The same statement as JSON: <a href="/v1/workers/${esc(statement.worker)}/statement">/v1/workers/${esc(short(statement.worker))}/statement</a>. A miner prints its own with <span class="mono">krewe miner statement</span>.</p>`;
 }
 
 function appendStatement(statement) {
@@ -403,7 +401,7 @@ function appendStatement(statement) {
   credits.insertAdjacentHTML("beforeend", statement.credits.map((c) => `
     <tr><td class="muted">${when(c.at)}</td><td class="mono"><a href="#/jobs/${esc(c.job_id)}">${esc(jobShort(c.job_id))}</a></td><td class="num">${krewCell(c.amount)}</td></tr>`).join(""));
   payouts.insertAdjacentHTML("beforeend", statement.payouts.map((p) => `
-    <tr><td class="muted">${when(p.at)}</td><td class="num">${esc(p.batch_nonce ?? "—")}</td><td class="mono" title="${esc(p.tx_hash)}">${esc(short(p.tx_hash, 10, 8))}</td><td class="num">${krewCell(p.amount)}</td></tr>`).join(""));
+    <tr><td class="muted">${when(p.at)}</td><td class="num">${esc(p.batch_nonce ?? "—")}</td><td class="mono" title="${esc(p.tx_hash)}">${esc(short(p.tx_hash, 8, 6))}</td><td class="num">${krewCell(p.amount)}</td></tr>`).join(""));
   const more = document.getElementById("more");
   more.hidden = !statement.next_cursor;
   more.onclick = async () => {
