@@ -99,7 +99,8 @@ async def make_harness(chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyP
     started: list[Harness] = []
 
     async def make(**overrides: Any) -> Harness:
-        orchestrator = Orchestrator(settings_for(chain, tmp_path / f"data{len(started)}", **overrides))
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        orchestrator = Orchestrator(settings_for(chain, data_dir, **overrides))
         await orchestrator.start()
         harness = Harness(orchestrator, chain, f"http://127.0.0.1:{orchestrator.port}", [])
         started.append(harness)

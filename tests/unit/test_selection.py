@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from krewe.orchestrator.scoring import JobOutcome, PeerScore, ScoringConfig, update_score
-from krewe.orchestrator.selection import Candidate, select_replicas
+from krewe.orchestrator.selection import Candidate, choose_engine_class, select_replicas
 
 MODEL = "m"
 TASK = "chat"
@@ -117,3 +117,38 @@ def test_bad_scoring_settings_are_refused() -> None:
         ScoringConfig(prior=1.5)
     with pytest.raises(ValueError, match="negative"):
         update_score(PeerScore(0.5), JobOutcome.AGREED, -1.0, ScoringConfig())
+
+
+def classes(*spec: tuple[str, str, int, int]) -> list[Candidate]:
+    """Candidates (worker, engine class, in flight, max concurrency) serving MODEL for TASK."""
+    return [
+        Candidate(worker, 0.5, SERVES, in_flight, capacity, engines={MODEL: engine})
+        for worker, engine, in_flight, capacity in spec
+    ]
+
+
+def test_an_engine_class_is_drawn_among_those_that_can_field_the_job_weighted_by_free_capacity() -> None:
+    candidates = classes(
+        ("a1", "A", 0, 1), ("a2", "A", 0, 1), ("a3", "A", 0, 1),
+        ("b1", "B", 0, 9), ("b2", "B", 0, 9), ("b3", "B", 0, 9),
+        ("c1", "C", 0, 100), ("c2", "C", 0, 100),  # too few for 3 replicas
+    )  # fmt: skip
+    rng = random.Random(7)
+    draws = Counter(choose_engine_class(candidates, MODEL, TASK, 3, needed=2, rng=rng) for _ in range(1000))
+    assert set(draws) == {"A", "B"}
+    assert 850 < draws["B"] < 950  # 27 free slots against 3
+
+
+def test_without_a_class_of_replicas_size_one_of_threshold_size_is_taken_else_none() -> None:
+    candidates = classes(("a1", "A", 0, 2), ("a2", "A", 0, 2), ("b1", "B", 0, 2), ("b2", "B", 1, 1))
+    rng = random.Random(0)
+    assert choose_engine_class(candidates, MODEL, TASK, 3, needed=2, rng=rng) == "A"  # b2 is busy
+    assert choose_engine_class(candidates, MODEL, TASK, 3, needed=3, rng=rng) is None
+
+
+def test_selection_within_a_class_takes_no_one_from_another() -> None:
+    candidates = classes(*[(f"a{i}", "A", 0, 2) for i in range(5)], *[(f"b{i}", "B", 0, 2) for i in range(5)])
+    rng = random.Random(3)
+    for _ in range(50):
+        picked = select_replicas(candidates, MODEL, TASK, 3, rng=rng, engine="B").workers
+        assert len(picked) == 3 and all(worker.startswith("b") for worker in picked)

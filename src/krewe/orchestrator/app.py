@@ -33,6 +33,7 @@ from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
+from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.settlement import Settler
 from krewe.settings import SettingsError
 
@@ -84,9 +85,12 @@ class Orchestrator:
         activity = NetworkActivity()
         self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s, activity=activity)
         self.dashboard = DashboardFeed(self, activity)
-        self.pool = SessionPool()
+        self.scores = ScoreStore(data_dir / "ledger.db")
+        self.pool = SessionPool(scores=self.scores.load())
         rng = random.Random(settings.seed)
-        self.router = JobRouter(settings, self.pool, self.ledger, self.records, self.metrics, rng=rng)
+        self.router = JobRouter(
+            settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
+        )
         self.endpoint = WorkerEndpoint(
             settings, self.pool, self.router, registry, self.metrics, chain_id=self.chain.chain_id
         )
@@ -168,6 +172,7 @@ class Orchestrator:
         await self.settle()
         await self.runner.cleanup()
         await self.records.close()
+        await self.scores.close()
         await self.ledger.close()
         await self.chain.close()
         log.info("stopped")

@@ -24,6 +24,10 @@ class OrchestratorSettings:
     replicas: int = setting(3, "miners each job is sent to")
     threshold: int = setting(2, "matching answers needed for a verdict")
     tail: int = setting(1, "replicas drawn from the lower-ranked half of the miners")
+    homogeneous: bool = setting(
+        True,
+        "every replica of a job comes from one engine class of its model (answers agree only within one)",
+    )
     redispatch_max: int = setting(2, "extra rounds, one more miner each, after a job ends without consensus")
     job_timeout_ms: int = setting(30_000, "default deadline of a job")
     max_job_timeout_ms: int = setting(300_000, "largest deadline a client may ask for")

@@ -181,6 +181,7 @@ class Job:
     round: Round
     redispatch_left: int
     policy: CreditPolicy
+    engine: str | None = None  # the engine class every replica comes from; None: any
     state: State = State.NEW
     deadline_exceeded: bool = False
     sent_at: dict[str, float] = field(default_factory=dict)
@@ -205,6 +206,7 @@ class Job:
         policy: CreditPolicy,
         now: float,
         created_at: str,
+        engine: str | None = None,
     ) -> "Job":
         return cls(
             id=job_id,
@@ -217,6 +219,7 @@ class Job:
             round=Round(workers, threshold=threshold),
             redispatch_left=redispatch_max,
             policy=policy,
+            engine=engine,
         )
 
     @property
@@ -391,6 +394,7 @@ class Job:
             "job_id": self.id,
             "model": self.model,
             "task": self.task,
+            "engine": self.engine,
             "created_at": self.created_at,
             "final": self.closed,
             "verdict": verdict.outcome.value,

@@ -4,6 +4,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
 
+MAX_ENGINE_LABELS = 64  # engine classes are named by miners: their number must not grow the registry
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -40,6 +42,21 @@ class Metrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=self.registry,
         )
+        self.engine_verdicts = Counter(
+            "krewe_engine_verdicts",
+            "Jobs by engine class and verdict (many no_consensus in one class: a nondeterministic engine)",
+            ["engine", "verdict"],
+            registry=self.registry,
+        )
+        self._engines: set[str] = set()
         self.http = Counter(
             "krewe_http_requests", "Client API requests by status", ["status"], registry=self.registry
         )
+
+    def count_engine_verdict(self, engine: str | None, verdict: str) -> None:
+        label = "any" if engine is None else engine or "unnamed"
+        if label not in self._engines and len(self._engines) >= MAX_ENGINE_LABELS:
+            label = "other"
+        else:
+            self._engines.add(label)
+        self.engine_verdicts.labels(label, verdict).inc()

@@ -55,13 +55,19 @@ class Session:
     def in_flight(self) -> int:
         return len(self.jobs)
 
+    def engine(self, model: str) -> str:
+        """The engine class declared for `model` ("" when the miner named none)."""
+        return next((offer.engine for offer in self.offers if offer.id == model), "")
+
 
 class SessionPool:
-    def __init__(self, scoring: ScoringConfig | None = None) -> None:
+    def __init__(
+        self, scoring: ScoringConfig | None = None, scores: Mapping[str, PeerScore] | None = None
+    ) -> None:
         self.scoring = scoring or ScoringConfig()
         self._sessions: dict[str, Session] = {}
         self._serving: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._scores: dict[str, PeerScore] = {}
+        self._scores: dict[str, PeerScore] = dict(scores or {})  # as stored before a restart
 
     @property
     def sessions(self) -> Mapping[str, Session]:

@@ -31,8 +31,9 @@ from krewe.orchestrator.ledger import Credit
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.scoring import update_score
-from krewe.orchestrator.selection import select_replicas
+from krewe.orchestrator.selection import choose_engine_class, select_replicas
 from krewe.protocol import messages
 from krewe.protocol.canonical import CanonicalError, digest, parse_strict
 from krewe.protocol.messages import TASKS, Reject, Result
@@ -93,8 +94,9 @@ class JobRouter:
         pool: SessionPool,
         ledger: LedgerService,
         records: JobStore,
-        metrics: Metrics,
+        scores: ScoreStore,
         *,
+        metrics: Metrics,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -103,6 +105,7 @@ class JobRouter:
         self._pool = pool
         self._ledger = ledger
         self._records = records
+        self._scores = scores
         self._metrics = metrics
         self._rng = rng
         self._clock = clock
@@ -132,13 +135,16 @@ class JobRouter:
         threshold = settings.threshold if threshold is None else threshold
         timeout_ms = settings.job_timeout_ms if timeout_ms is None else timeout_ms
         self._check(model, task, replicas, threshold, timeout_ms)
+        engine = self._engine_class(model, task, replicas, threshold)
         selection = select_replicas(
-            self._pool.candidates(), model, task, replicas, rng=self._rng, tail=min(settings.tail, replicas)
+            self._pool.candidates(),
+            model,
+            task,
+            replicas,
+            rng=self._rng,
+            tail=min(settings.tail, replicas),
+            engine=engine,
         )
-        if len(selection.workers) < threshold:
-            found = len(selection.workers)
-            message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
-            raise JobError(503, "no_eligible_workers", message)
         now = self._clock()
         job = Job.create(
             self._ids.next(),
@@ -156,6 +162,7 @@ class JobRouter:
             ),
             now=now,
             created_at=format_time(self._wall_clock()),
+            engine=engine,
         )
         loop = asyncio.get_running_loop()
         running = _Running(job, loop.create_future(), loop.create_future())
@@ -171,6 +178,25 @@ class JobRouter:
             message = f"no verdict within {timeout_ms} ms (job {job.id})"
             raise JobError(504, "deadline_exceeded", message, decision.record)
         raise JobError(502, "no_consensus", f"the miners did not agree (job {job.id})", decision.record)
+
+    def _engine_class(self, model: str, task: str, replicas: int, threshold: int) -> str | None:
+        """The engine class the job's replicas come from (None: any, when `homogeneous` is off).
+        Raises 503 when not even `threshold` miners with free capacity can take the job."""
+        candidates = self._pool.candidates()
+        found = len(select_replicas(candidates, model, task, replicas, rng=self._rng, tail=0).workers)
+        if found < threshold:
+            message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
+            raise JobError(503, "no_eligible_workers", message)
+        if not self.settings.homogeneous:
+            return None
+        engine = choose_engine_class(candidates, model, task, replicas, needed=threshold, rng=self._rng)
+        if engine is None:
+            message = (
+                f"{found} miners with free capacity serve {model!r} for {task}, but no engine class has "
+                f"{threshold} of them; answers agree only within one class"
+            )
+            raise JobError(503, "no_engine_class", message)
+        return engine
 
     def _check(self, model: str, task: str, replicas: int, threshold: int, timeout_ms: int) -> None:
         if not self.ledger_writable:
@@ -295,7 +321,14 @@ class JobRouter:
     def _redispatch(self, running: _Running, count: int, exclude: frozenset[str]) -> list[Command]:
         job = running.job
         fresh = select_replicas(
-            self._pool.candidates(), job.model, job.task, count, rng=self._rng, tail=0, exclude=exclude
+            self._pool.candidates(),
+            job.model,
+            job.task,
+            count,
+            rng=self._rng,
+            tail=0,
+            exclude=exclude,
+            engine=job.engine,
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
@@ -352,6 +385,7 @@ class JobRouter:
                 self._metrics.answer_latency.observe(latency_ms / 1000)
             after = update_score(self._pool.score(worker), outcome, latency_ms, self._pool.scoring)
             self._pool.set_score(worker, after)
+            self._scores.put(worker, after)
             self._metrics.scores.observe(after.quality)
 
     def _close(self, running: _Running) -> None:
@@ -360,7 +394,9 @@ class JobRouter:
             running.timer.cancel()
         self._running.pop(job.id, None)
         running.closed.set_result(None)
-        self._metrics.jobs.labels(job.round.verdict().outcome.value).inc()
+        verdict = job.round.verdict().outcome.value
+        self._metrics.jobs.labels(verdict).inc()
+        self._metrics.count_engine_verdict(job.engine, verdict)
         self._records.put(job.record())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
