@@ -3,8 +3,9 @@
 It is fed two ways, both off a job's critical path and both cheap:
 
 - `job_closed(record, now)`, when a job's record is handed to the job store (after the caller was
-  answered): a small summary goes into a bounded ring of recent jobs, and the job's verdict is
-  counted in the time bucket of `now`. A few dictionary operations per job.
+  answered): the fields its summary needs (not its output) go into a bounded ring of recent jobs,
+  to be summarized when the dashboard reads them, and its verdict is counted in the time bucket
+  of `now`. About a microsecond per job.
 - `sample(latency, miners, now)`, once a second from a loop beside the router: the cumulative
   bucket counts of the client latency histogram (the one /metrics serves as
   krewe_job_latency_seconds) and the number of miners connected. The differences between two
@@ -19,6 +20,7 @@ deadline passed) or `no_consensus` (every miner answered, and not enough of them
 import collections
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,15 +30,29 @@ __all__ = ["VERDICTS", "NetworkActivity", "quantile", "summarize"]
 VERDICTS = ("agreed", "no_consensus", "deadline")
 
 
+# What a summary needs of a record; taken as one tuple at C speed, summarized when it is read.
+_KEPT = (
+    "job_id", "model", "task", "engine", "created_at", "verdict", "deadline_exceeded", "threshold",
+    "replicas", "agreeing", "creditable", "credits", "workers",
+)  # fmt: skip
+_keep = operator.itemgetter(*_KEPT)
+
+
+def verdict_of(record: dict[str, Any]) -> str:
+    """The verdict as the dashboard counts it (one of VERDICTS)."""
+    if record["verdict"] == "agreed":
+        return "agreed"
+    return "deadline" if record["deadline_exceeded"] else "no_consensus"
+
+
 def summarize(record: dict[str, Any], closed_at: float) -> dict[str, Any]:
     """What the dashboard's list of recent jobs shows of a job record (see jobs.Job.record)."""
-    verdict = record["verdict"]
-    if verdict != "agreed":
-        verdict = "deadline" if record["deadline_exceeded"] else "no_consensus"
+    verdict = verdict_of(record)
     return {
         "job_id": record["job_id"],
         "model": record["model"],
         "task": record["task"],
+        "engine": record["engine"],
         "created_at": record["created_at"],
         "closed_at": closed_at,
         "verdict": verdict,
@@ -93,14 +109,14 @@ class NetworkActivity:
         self.bucket_s = bucket_s
         self._span = buckets
         self._buckets: collections.deque[_Bucket] = collections.deque(maxlen=buckets)
-        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=recent_jobs)
+        self._recent: collections.deque[tuple[float, tuple[Any, ...]]] = collections.deque(maxlen=recent_jobs)
         self._bounds: tuple[float, ...] = ()
         self._last_counts: list[int] | None = None
 
     def job_closed(self, record: dict[str, Any], now: float) -> None:
-        summary = summarize(record, now)
-        self._recent.appendleft(summary)
-        self._bucket(now).verdicts[summary["verdict"]] += 1
+        """Called for every job: keeps what its summary needs (not its output) and counts it."""
+        self._recent.appendleft((now, _keep(record)))
+        self._bucket(now).verdicts[verdict_of(record)] += 1
 
     def sample(self, latency: Sequence[tuple[float, int]], miners: int, now: float) -> None:
         """`latency`: the client latency histogram's (upper bound in seconds, cumulative count)."""
@@ -124,7 +140,7 @@ class NetworkActivity:
 
     def recent_jobs(self) -> list[dict[str, Any]]:
         """The latest jobs closed, newest first."""
-        return list(self._recent)
+        return [summarize(dict(zip(_KEPT, kept, strict=True)), closed_at) for closed_at, kept in self._recent]
 
     def jobs_per_s(self, now: float, window_s: float = 30.0) -> float:
         """Jobs closed per second over the last `window_s` seconds."""

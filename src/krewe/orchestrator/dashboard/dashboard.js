@@ -357,6 +357,7 @@ async function jobPage(jobId) {
           <dt>Verdict</dt><dd>${pill(verdict, VERDICT_LABELS[verdict])}${record.final ? "" : ' <span class="pill open">collecting</span>'}</dd>
           <dt>Agreeing</dt><dd>${record.agreeing.length} of ${record.replicas} (threshold ${record.threshold})</dd>
           <dt>Model</dt><dd>${esc(record.model)} <span class="muted">${esc(record.task)}</span></dd>
+          <dt>Engine class</dt><dd class="mono">${esc(record.engine ?? "—")}</dd>
           <dt>Created</dt><dd>${when(record.created_at)} UTC</dd>
           <dt>Digest</dt><dd class="mono">${esc(record.digest ?? "—")}</dd>
           <dt>Creditable</dt><dd>${record.creditable ? "yes" : "no"}${record.deadline_exceeded ? " · deadline passed" : ""}</dd>
