@@ -248,8 +248,8 @@ function minersTable(miners) {
   const rows = sorted.map((m) => `
     <tr data-worker="${esc(m.worker)}">
       <td class="mono"><a href="#/miners/${esc(m.worker)}" title="${esc(m.worker)} · ${esc(m.agent)}">${esc(short(m.worker, 8, 6))}</a></td>
-      <td class="mono muted">${m.engines.map(esc).join("<br>")}</td>
-      <td>${m.models.map((o) => `${esc(o.id)} <span class="muted">${o.tasks.map(esc).join(", ")}</span>`).join("<br>")}</td>
+      <td class="mono muted clip" title="${esc(m.engines.join("\n"))}">${m.engines.map(esc).join("<br>")}</td>
+      <td class="clip">${m.models.map((o) => `${esc(o.id)} <span class="muted">${o.tasks.map(esc).join(", ")}</span>`).join("<br>")}</td>
       <td class="num"><span class="score"><span class="bar"><span data-w="${m.score}"></span></span>${m.score.toFixed(3)}</span></td>
       <td class="num">${esc(ms(m.latency_ms))}</td>
       <td class="num">${m.in_flight} <span class="muted">/ ${m.max_concurrency}</span></td>
@@ -267,7 +267,7 @@ function jobsTable(jobs) {
     <tr>
       <td class="muted">${esc(ago(job.closed_at))}</td>
       <td class="mono"><a class="job-link" href="#/jobs/${esc(job.job_id)}">${esc(jobShort(job.job_id))}</a></td>
-      <td>${esc(job.model)} <span class="muted">${esc(job.task)}</span></td>
+      <td class="clip" title="${esc(job.model)} · ${esc(job.task)} · ${esc(job.engine)}">${esc(job.model)} <span class="muted">${esc(job.task)}</span></td>
       <td>${pill(job.verdict, VERDICT_LABELS[job.verdict])}</td>
       <td class="num">${job.agreeing}/${job.replicas}</td>
       <td class="num">${esc(ms(job.latency_ms))}</td>
