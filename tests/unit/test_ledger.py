@@ -30,8 +30,8 @@ from krewe.orchestrator.ledger import (
 WEI = 10**18
 
 
-def open_ledger(path: Path) -> RewardLedger:
-    return RewardLedger(SQLiteLedgerStore(path))
+def open_ledger(path: Path, index_every: int = 128) -> RewardLedger:
+    return RewardLedger(SQLiteLedgerStore(path), index_every=index_every)
 
 
 def assert_balanced(ledger: RewardLedger) -> None:
@@ -160,9 +160,12 @@ def as_version_1_wrote_it(path: Path) -> None:
     """Take away what version 2 added: credit times, earnings, payouts."""
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE payouts")
-        db.execute("DROP TABLE earnings")
-        db.execute("DROP INDEX credits_by_worker")
+        db.execute("DROP TABLE paid_by_worker")
+        db.execute("DROP TABLE statement_credits")
+        db.execute("DROP TABLE statement_through")
         db.execute("ALTER TABLE credits DROP COLUMN at")
+        db.execute("ALTER TABLE totals DROP COLUMN indexed_through")
+        db.execute("ALTER TABLE totals DROP COLUMN last_at")
         db.execute("PRAGMA user_version = 1")
     db.close()
 
@@ -233,7 +236,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
         self.path = Path(self.directory.name) / "ledger.db"
-        self.ledger = open_ledger(self.path)
+        self.ledger = open_ledger(self.path, index_every=3)
         self.credits: dict[tuple[str, str], int] = {}  # every credit ever accepted
         self.paid: dict[str, int] = {}
         self.open: dict[int, dict[str, int]] = {}
@@ -280,7 +283,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         before = self.ledger.totals()
         self.ledger.close()
-        self.ledger = open_ledger(self.path)
+        self.ledger = open_ledger(self.path, index_every=3)
         assert self.ledger.totals() == before
 
     def model_pending(self) -> dict[str, int]:

@@ -37,9 +37,10 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def ledger(tmp_path: Path, clock: Clock) -> RewardLedger:
-    return RewardLedger(SQLiteLedgerStore(tmp_path / "ledger.db"), clock=clock)
+@pytest.fixture(params=[2, 10_000], ids=["written-every-2", "in-memory"])
+def ledger(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> RewardLedger:
+    """Credits are read from the statement index, from memory, or both."""
+    return RewardLedger(SQLiteLedgerStore(tmp_path / "ledger.db"), clock=clock, index_every=request.param)
 
 
 def pay(ledger: RewardLedger, batch_nonce: int, *tx_hashes: str) -> None:
@@ -115,6 +116,27 @@ def test_an_unknown_worker_has_an_empty_statement_and_a_page_needs_room(ledger: 
     )
     with pytest.raises(LedgerError, match="at least one entry"):
         ledger.statement("0xZ", StatementCursor(), limit=0)
+
+
+def test_a_crash_before_the_bulk_index_write_loses_no_statement_entry(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = RewardLedger(SQLiteLedgerStore(path), clock=clock, index_every=3)
+    for i in range(5):  # the first three are written with the fourth; the last two stay in memory
+        clock.now += 1
+        ledger.credit("0xA", 1 + i, f"j{i}")
+    # no close: as after SIGKILL
+    reopened = RewardLedger(SQLiteLedgerStore(path), clock=clock, index_every=3)
+    statement = reopened.statement("0xA", StatementCursor(), limit=10)
+    assert [c.job_id for c in statement.credits] == ["j4", "j3", "j2", "j1", "j0"]
+    assert sum(c.amount for c in statement.credits) == statement.totals.credited == 15
+
+
+def test_times_only_increase_when_the_clock_steps_back(ledger: RewardLedger, clock: Clock) -> None:
+    ledger.credit("0xA", 1, "j1")
+    clock.now -= 60
+    ledger.credit("0xA", 2, "j2")
+    credits = ledger.statement("0xA", StatementCursor(), limit=10).credits
+    assert [c.job_id for c in credits] == ["j2", "j1"] and credits[0].at_ms == credits[1].at_ms + 1
 
 
 def test_a_reverted_batch_is_no_payout(ledger: RewardLedger) -> None:

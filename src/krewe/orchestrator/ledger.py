@@ -12,7 +12,16 @@ Every credit is in exactly one of three places, and at every moment
 Each worker's own account obeys the same equation (`earnings`), and `statement` lists what makes
 it up: the worker's credits, each with the moment it was made durable, and its payouts (the paid
 batches it was in, with their batch nonce and transaction). Times come from the `clock` the ledger
-is given, in milliseconds since the epoch; 0 marks entries written before times were recorded.
+is given, in milliseconds since the epoch, and only ever increase, so a clock that steps back
+cannot reorder a statement; 0 marks entries written before times were recorded.
+
+A statement reads a worker's credits from a table kept in worker order, and adding to it with
+every credit would touch one page per worker per commit. So a worker's credits join it
+`index_every` at a time (a page or more), written in the transaction of a later commit, and all
+of them on close; until then they are kept in memory. A crash loses nothing: the store knows
+the time of its latest credit and, for each worker, the time its statement entries are complete
+to, and after a stop that did not close the ledger `load` reads the credits made since from the
+journal (one pass over it).
 
 A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. While open it may carry a
 `SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, the block it
@@ -204,8 +213,9 @@ class LedgerState:
     credited: int = 0
     paid: int = 0
     next_batch_id: int = 1
-    credited_by_worker: dict[str, int] = field(default_factory=dict)
     paid_by_worker: dict[str, int] = field(default_factory=dict)
+    unindexed: list[tuple[str, StatementCredit]] = field(default_factory=list)  # (worker, credit)
+    last_at_ms: int = 0  # the latest time a credit was made
 
 
 class LedgerStore(Protocol):
@@ -213,8 +223,11 @@ class LedgerStore(Protocol):
 
     def load(self) -> LedgerState: ...
 
-    def add_credits(self, credits: Sequence[Credit], at_ms: int) -> list[bool]:
-        """Store the credits not seen before, made at `at_ms`; True for each one that was new."""
+    def add_credits(
+        self, credits: Sequence[Credit], at_ms: int, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> list[bool]:
+        """Store the credits not seen before, made at `at_ms`, and add `index` (credits made
+        earlier, by worker) to the statement entries; True for each credit that was new."""
         ...
 
     def freeze(self, batches: Sequence[Batch]) -> None:
@@ -229,8 +242,13 @@ class LedgerStore(Protocol):
         """Replace the send record of an open batch."""
         ...
 
+    def index_credits(self, index: Mapping[str, Sequence[StatementCredit]], through_ms: int) -> None:
+        """Add the credits of `index` to the statement entries: every credit made at or before
+        `through_ms` is among them now."""
+        ...
+
     def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
-        """The worker's credits older than `before` (None: all), newest first, at most `limit`."""
+        """The worker's indexed credits older than `before` (None: all), newest first, at most `limit`."""
         ...
 
     def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
@@ -241,20 +259,29 @@ class LedgerStore(Protocol):
 
 
 class RewardLedger:
-    def __init__(self, store: LedgerStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: LedgerStore, *, clock: Callable[[], float] = time.time, index_every: int = 128
+    ) -> None:
         self._store = store
         self._clock = clock  # seconds since the epoch: when credits and payouts happened
+        self._index_every = index_every
         state = store.load()
         self._pending = state.pending
         self._open = state.open_batches
         self._credited = state.credited
         self._paid = state.paid
         self._next_batch_id = state.next_batch_id
-        self._credited_by_worker = state.credited_by_worker
         self._paid_by_worker = state.paid_by_worker
+        self._last_at_ms = state.last_at_ms
+        self._unindexed: dict[str, list[StatementCredit]] = {}  # by worker, oldest first
+        self._due: set[str] = set()  # workers with index_every credits or more in memory
+        for worker, credit in state.unindexed:
+            self._remember(worker, credit)
 
     def _now_ms(self) -> int:
-        return round(self._clock() * 1000)
+        """The clock in ms, always later than any time given before."""
+        self._last_at_ms = max(round(self._clock() * 1000), self._last_at_ms + 1)
+        return self._last_at_ms
 
     def credit(self, worker: str, amount: int, job_id: str) -> bool:
         """Credit `amount` wei to `worker` for `job_id`. False if that credit already existed."""
@@ -265,14 +292,26 @@ class RewardLedger:
         batch = list(credits)
         if not batch:
             return []
-        added = self._store.add_credits(batch, self._now_ms())
+        at_ms = self._now_ms()
+        due = {worker: self._unindexed[worker] for worker in self._due}
+        added = self._store.add_credits(batch, at_ms, due)
+        for worker in due:
+            del self._unindexed[worker]
+        self._due.clear()
         for credit, new in zip(batch, added, strict=True):
             if new:
                 worker = credit.worker
                 self._pending[worker] = self._pending.get(worker, 0) + credit.amount
-                self._credited_by_worker[worker] = self._credited_by_worker.get(worker, 0) + credit.amount
                 self._credited += credit.amount
+                self._remember(worker, StatementCredit(credit.job_id, credit.amount, at_ms))
         return added
+
+    def _remember(self, worker: str, credit: StatementCredit) -> None:
+        """Keep a credit for the worker's statement until it joins the store's statement entries."""
+        credits = self._unindexed.setdefault(worker, [])
+        credits.append(credit)
+        if len(credits) >= self._index_every:
+            self._due.add(worker)
 
     def snapshot(self, max_batch: int) -> list[Batch]:
         """Freeze every pending credit into batches of at most `max_batch` workers."""
@@ -339,20 +378,18 @@ class RewardLedger:
         return LedgerTotals(self._credited, self._paid, pending, in_flight)
 
     def earnings(self, workers: Iterable[str]) -> dict[str, WorkerTotals]:
-        """Each worker's account, from memory."""
+        """Each worker's account, from memory: what it was credited is what was paid, is pending,
+        and is in flight (every credit is in exactly one of the three)."""
         in_flight: dict[str, int] = {}
         for batch in self._open.values():
             for worker, amount in zip(batch.workers, batch.amounts, strict=True):
                 in_flight[worker] = in_flight.get(worker, 0) + amount
-        return {
-            worker: WorkerTotals(
-                self._credited_by_worker.get(worker, 0),
-                self._paid_by_worker.get(worker, 0),
-                self._pending.get(worker, 0),
-                in_flight.get(worker, 0),
-            )
-            for worker in workers
-        }
+        accounts = {}
+        for worker in workers:
+            paid, pending = self._paid_by_worker.get(worker, 0), self._pending.get(worker, 0)
+            flying = in_flight.get(worker, 0)
+            accounts[worker] = WorkerTotals(paid + pending + flying, paid, pending, flying)
+        return accounts
 
     def statement(self, worker: str, cursor: StatementCursor, limit: int) -> Statement:
         """One page of the worker's statement: its account, and up to `limit` credits and `limit`
@@ -361,7 +398,12 @@ class RewardLedger:
             raise LedgerError(f"a statement page holds at least one entry, not {limit}")
         credits: list[StatementCredit] = []
         if not cursor.credits_done:
-            credits = self._store.credits_of(worker, cursor.credits_before, limit + 1)
+            before = cursor.credits_before
+            recent = [
+                c for c in self._unindexed.get(worker, ()) if before is None or (c.at_ms, c.job_id) < before
+            ]
+            indexed = self._store.credits_of(worker, before, limit + 1)
+            credits = sorted(recent + indexed, key=lambda c: (c.at_ms, c.job_id), reverse=True)[: limit + 1]
         payouts: list[StatementPayout] = []
         if not cursor.payouts_done:
             payouts = self._store.payouts_of(worker, cursor.payouts_before, limit + 1)
@@ -378,7 +420,12 @@ class RewardLedger:
         return Statement(worker, totals, credits, payouts, None if last else following)
 
     def close(self) -> None:
-        self._store.close()
+        """Write every credit kept in memory to the statement entries (so that the next start
+        reads no journal), and close the store."""
+        try:
+            self._store.index_credits(self._unindexed, self._last_at_ms)
+        finally:
+            self._store.close()
 
 
 _SCHEMA = """
@@ -407,16 +454,29 @@ CREATE TABLE IF NOT EXISTS totals (
 INSERT OR IGNORE INTO totals (id, credited, paid) VALUES (1, '0', '0');
 """
 # PRAGMA user_version of the ledgers this code writes. 1: send records carry `signed_block`.
-# 2: credits carry the time they were made; each worker's credited and paid totals (`earnings`)
-# and its share of every paid batch (`payouts`) are kept, for statements.
+# 2: credits carry the time they were made; what each worker was paid (`paid_by_worker`), its
+# share of every paid batch (`payouts`) and its credits by worker (`statement_credits`) are kept,
+# for statements.
 _SCHEMA_VERSION = 2
 
 _SCHEMA_2 = """
 ALTER TABLE credits ADD COLUMN at INTEGER NOT NULL DEFAULT 0;  -- ms since the epoch, 0 when unknown
-CREATE INDEX credits_by_worker ON credits (worker, at, job_id);
-CREATE TABLE earnings (                   -- each worker's totals: credited = paid + pending + in flight
+CREATE TABLE statement_credits (          -- the credits by worker, written in bulk (see RewardLedger)
+    worker TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    PRIMARY KEY (worker, at, job_id)
+) WITHOUT ROWID;
+CREATE TABLE statement_through (          -- statement_credits holds each worker's credits made by then
     worker TEXT PRIMARY KEY,
-    credited TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+-- the time of the latest credit, and the time statement_credits holds every credit made by
+ALTER TABLE totals ADD COLUMN last_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE totals ADD COLUMN indexed_through INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE paid_by_worker (             -- each worker's payouts, added up
+    worker TEXT PRIMARY KEY,
     paid TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE payouts (                    -- each worker's share of each paid batch
@@ -472,18 +532,15 @@ class SQLiteLedgerStore:
                         (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
                     )
             if version < 2:
-                self._add_earnings_and_payouts(db)
+                self._add_statements(db)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @staticmethod
-    def _add_earnings_and_payouts(db: sqlite3.Connection) -> None:
+    def _add_statements(db: sqlite3.Connection) -> None:
         """Version 2's tables, filled from what earlier versions kept (times unknown: 0)."""
         for statement in _SCHEMA_2.split(";"):
             if statement.strip():
                 db.execute(statement)
-        credited: dict[str, int] = {}
-        for worker, amount in db.execute("SELECT worker, amount FROM credits"):
-            credited[worker] = credited.get(worker, 0) + int(amount)
         paid: dict[str, int] = {}
         payouts = []
         for batch_id, workers, amounts in db.execute(
@@ -493,9 +550,13 @@ class SQLiteLedgerStore:
                 paid[worker] = paid.get(worker, 0) + int(amount)
                 payouts.append((worker, batch_id, amount, 0))
         db.executemany("INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)", payouts)
+        db.execute(
+            "INSERT INTO statement_credits (worker, at, job_id, amount)"
+            " SELECT worker, at, job_id, amount FROM credits ORDER BY worker, at, job_id"
+        )
         db.executemany(
-            "INSERT INTO earnings (worker, credited, paid) VALUES (?, ?, ?)",
-            [(worker, str(amount), str(paid.get(worker, 0))) for worker, amount in credited.items()],
+            "INSERT INTO paid_by_worker (worker, paid) VALUES (?, ?)",
+            [(worker, str(amount)) for worker, amount in paid.items()],
         )
 
     def load(self) -> LedgerState:
@@ -516,12 +577,25 @@ class SQLiteLedgerStore:
         state.credited, state.paid = int(credited), int(paid)
         (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
         state.next_batch_id = last_id + 1
-        for worker, credited, paid in self._db.execute("SELECT worker, credited, paid FROM earnings"):
-            state.credited_by_worker[worker] = int(credited)
+        for worker, paid in self._db.execute("SELECT worker, paid FROM paid_by_worker"):
             state.paid_by_worker[worker] = int(paid)
+        last_at, indexed_through = self._db.execute("SELECT last_at, indexed_through FROM totals").fetchone()
+        state.last_at_ms = max(last_at, indexed_through)  # new credits come after both
+        if last_at > indexed_through:  # stopped without closing: the journal has the rest
+            through = dict(self._db.execute("SELECT worker, at FROM statement_through").fetchall())
+            rows = self._db.execute(
+                "SELECT worker, job_id, amount, at FROM credits WHERE at > ? ORDER BY at", (indexed_through,)
+            )
+            state.unindexed = [
+                (worker, StatementCredit(job_id, int(amount), at))
+                for worker, job_id, amount, at in rows
+                if at > through.get(worker, 0)
+            ]
         return state
 
-    def add_credits(self, credits: Sequence[Credit], at_ms: int) -> list[bool]:
+    def add_credits(
+        self, credits: Sequence[Credit], at_ms: int, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> list[bool]:
         insert = "INSERT OR IGNORE INTO credits (job_id, worker, amount, at) VALUES (?, ?, ?, ?)"
         rows = [(credit.job_id, credit.worker, str(credit.amount), at_ms) for credit in credits]
         with self._transaction() as db:
@@ -539,9 +613,17 @@ class SQLiteLedgerStore:
                     owed[credit.worker] = owed.get(credit.worker, 0) + credit.amount
             if owed:
                 self._add_to_balances(db, owed)
-                self._add_to_earnings(db, owed, "credited")
                 (credited,) = db.execute("SELECT credited FROM totals").fetchone()
-                db.execute("UPDATE totals SET credited = ?", (str(int(credited) + sum(owed.values())),))
+                db.execute(
+                    "UPDATE totals SET credited = ?, last_at = ?",
+                    (str(int(credited) + sum(owed.values())), at_ms),
+                )
+            if index:
+                self._add_statement_credits(db, index)
+                db.executemany(
+                    "INSERT OR REPLACE INTO statement_through (worker, at) VALUES (?, ?)",
+                    [(worker, credits[-1].at_ms) for worker, credits in index.items()],
+                )
         return added
 
     def freeze(self, batches: Sequence[Batch]) -> None:
@@ -572,7 +654,7 @@ class SQLiteLedgerStore:
                     "INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)",
                     [(worker, batch.id, str(amount), at_ms) for worker, amount in shares],
                 )
-                self._add_to_earnings(db, dict(shares), "paid")
+                self._add_to_paid(db, dict(shares))
             else:
                 self._add_to_balances(db, dict(zip(batch.workers, batch.amounts, strict=True)))
 
@@ -593,23 +675,36 @@ class SQLiteLedgerStore:
         )
 
     @staticmethod
-    def _add_to_earnings(db: sqlite3.Connection, amounts: Mapping[str, int], column: str) -> None:
-        """Add to each worker's credited or paid total."""
-        query = "SELECT worker, credited, paid FROM earnings WHERE worker IN ({})"
-        found = {
-            worker: [int(credited), int(paid)]
-            for worker, credited, paid in _rows_of(db, query, list(amounts))
-        }
-        index = ("credited", "paid").index(column)
-        for worker, amount in amounts.items():
-            found.setdefault(worker, [0, 0])[index] += amount
+    @staticmethod
+    def _add_to_paid(db: sqlite3.Connection, amounts: Mapping[str, int]) -> None:
+        found = dict(
+            _rows_of(db, "SELECT worker, paid FROM paid_by_worker WHERE worker IN ({})", list(amounts))
+        )
         db.executemany(
-            "INSERT OR REPLACE INTO earnings (worker, credited, paid) VALUES (?, ?, ?)",
-            [(worker, str(credited), str(paid)) for worker, (credited, paid) in found.items()],
+            "INSERT OR REPLACE INTO paid_by_worker (worker, paid) VALUES (?, ?)",
+            [(worker, str(int(found.get(worker, 0)) + amount)) for worker, amount in amounts.items()],
+        )
+
+    def index_credits(self, index: Mapping[str, Sequence[StatementCredit]], through_ms: int) -> None:
+        with self._transaction() as db:
+            self._add_statement_credits(db, index)
+            db.execute("UPDATE totals SET indexed_through = ?", (through_ms,))
+
+    @staticmethod
+    def _add_statement_credits(
+        db: sqlite3.Connection, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO statement_credits (worker, at, job_id, amount) VALUES (?, ?, ?, ?)",
+            sorted(
+                (worker, credit.at_ms, credit.job_id, str(credit.amount))
+                for worker, credits in index.items()
+                for credit in credits
+            ),
         )
 
     def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
-        query = "SELECT job_id, amount, at FROM credits WHERE worker = ?"
+        query = "SELECT job_id, amount, at FROM statement_credits WHERE worker = ?"
         arguments: tuple[object, ...] = (worker,)
         if before is not None:
             query += " AND (at, job_id) < (?, ?)"
