@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: demo test lint typecheck unit contracts contracts-check bench clean
+.PHONY: demo test lint typecheck unit contracts contracts-check bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ unit: $(STAMP)/python-deps $(STAMP)/node-deps $(CHROMIUM)
 
 bench: $(STAMP)/python-deps $(STAMP)/node-deps
 	$(BIN)/python -m bench $(ARGS)
+
+# The orchestrator SIGKILLed at every settlement stage under load, then every wei checked
+# (docs/settlement.md). ARGS=--kills N --seconds S --json PATH --seed N.
+chaos: $(STAMP)/python-deps $(STAMP)/node-deps
+	$(BIN)/python -m bench.chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMP) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
