@@ -35,7 +35,7 @@ from web3 import Web3
 
 from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
 from krewe.keys import SigningKey
-from krewe.miner.backends.local import MODEL_ID
+from krewe.miner.backends.e5 import E5_MODEL_ID as MODEL_ID
 from krewe.miner.onchain import MinerChain, format_krew
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
