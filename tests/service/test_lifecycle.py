@@ -67,6 +67,7 @@ async def test_sigterm_closes_miners_with_1001_settles_and_exits_0(chain: Chain,
         "KREWE_DISTRIBUTOR_ADDRESS": chain.deployment.distributor,
         "KREWE_DATA_DIR": str(tmp_path),
         "KREWE_SETTLEMENT_CONFIRMATIONS": "0",
+        "KREWE_MODEL_REWARDS": "test-model=1000",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "krewe", "orchestrator"],

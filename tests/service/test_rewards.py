@@ -1,5 +1,6 @@
 """Who is credited, and when: at the verdict, never dropped, never farmed (real sockets, anvil)."""
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -52,16 +53,18 @@ async def test_a_credit_that_cannot_be_written_is_retried_and_new_jobs_wait(harn
         return real_credit_many(credits)
 
     ledger.credit_many = failing_until_healed  # type: ignore[method-assign]
-    status, body = await post(harness, "/v1/chat/completions", CHAT)
-    assert status == 200  # the caller has its answer; the credits wait for the ledger
+    first = asyncio.ensure_future(post(harness, "/v1/chat/completions", CHAT))
     router = harness.orchestrator.router
     await until(lambda: not router.ledger_writable, what="the failed credit to be noticed")
     status, refused = await post(harness, "/v1/chat/completions", CHAT)
     assert (status, refused["error"]["code"]) == (503, "ledger_unavailable")
     status, ready = await get(harness, "/readyz")
     assert status == 503 and ready["checks"]["ledger"] is False
-    assert not any(m.messages("verdict") for m in (honest1, honest2, honest3))  # not before the credit
+    assert not first.done()  # neither the caller nor a miner hears of a credit before it is written
+    assert not any(m.messages("verdict") for m in (honest1, honest2, honest3))
     healed.set()
+    status, body = await asyncio.wait_for(first, timeout=10)
+    assert status == 200 and body["krewe"]["verdict"] == "agreed"
     await until(lambda: router.ledger_writable, what="the credit to be written at last")
     await until(lambda: router.idle, what="the job to finish")
     reward = harness.orchestrator.settings.reward_for("test-model")

@@ -72,11 +72,9 @@ def test_the_verdict_is_final_before_the_last_answer_and_winners_are_credited_th
     assert answer.verdict.outcome is Outcome.AGREED and answer.output == OUTPUT_A
     assert not answer.deadline_exceeded
     assert commands[0] == Release("w2")
-    assert commands[2:] == [
-        Credit((("w1", REWARD), ("w2", REWARD))),
-        SendVerdict("w1", True, REWARD),
-        SendVerdict("w2", True, REWARD),
-    ]
+    assert commands[1] == Credit((("w1", REWARD), ("w2", REWARD)))  # before anyone hears of it
+    assert commands[2] is answer
+    assert commands[3:] == [SendVerdict("w1", True, REWARD), SendVerdict("w2", True, REWARD)]
     assert job.state is State.DECIDED and job.record()["final"] is False
     straggler = job.result("w3", "B", OUTPUT_B, 100.500)
     assert straggler[:2] == [Release("w3"), SendVerdict("w3", False, 0)]

@@ -34,7 +34,6 @@ from krewe import __version__
 from krewe.keys import SigningKey
 from krewe.miner.backends import Backend, BackendError
 from krewe.miner.config import MinerSettings
-from krewe.protocol import siwe
 from krewe.protocol.canonical import CanonicalError, canonical_json
 from krewe.protocol.messages import (
     Auth,
@@ -76,16 +75,7 @@ def offered(offers: list[ModelOffer], wanted: list[str]) -> list[ModelOffer]:
 def login_message(challenge: Challenge, address: str) -> str:
     """The EIP-4361 text that signs in `address` with the challenge's fields; ValueError if the
     challenge's fields do not make one (a time that is not RFC 3339, say)."""
-    return siwe.Challenge(
-        domain=challenge.domain,
-        uri=challenge.uri,
-        chain_id=challenge.chain_id,
-        nonce=challenge.nonce,
-        issued_at=siwe.parse_time(challenge.issued_at),
-        expiration_time=siwe.parse_time(challenge.expiration_time),
-        statement=challenge.statement,
-        version=challenge.version,
-    ).message_for(address)
+    return challenge.fields().message_for(address)
 
 
 @dataclass

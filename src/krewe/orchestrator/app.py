@@ -6,27 +6,36 @@ distributor's orchestrator), listen, start heartbeats and the settlement loop.
 Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
 `shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
 ledger and the records.
+
+Fault injection, for crash tests only (`python -m bench.chaos`): with the environment variable
+KREWE_FAULT_KILL_AT set to a settlement stage (snapshot, recorded, sent, mined, replaced), the
+process kills itself with SIGKILL the first time settlement reaches that stage. Unset, the default,
+it does nothing.
 """
 
 import asyncio
 import collections
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from krewe.keys import SigningKey
+from krewe.orchestrator.activity import NetworkActivity
 from krewe.orchestrator.api import build_app
+from krewe.orchestrator.api.dashboard import DashboardFeed
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.endpoint import WorkerEndpoint
-from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
+from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
@@ -35,9 +44,26 @@ from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.settlement import Settler
 from krewe.settings import SettingsError
 
-__all__ = ["Orchestrator", "serve"]
+__all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve"]
 
 log = logging.getLogger(__name__)
+
+FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
+
+
+def _kill_at_stage_from_env() -> Callable[[str, Batch], None] | None:
+    """The settlement hook that SIGKILLs this process at the stage KREWE_FAULT_KILL_AT names."""
+    stage = os.environ.get(FAULT_KILL_AT_ENV)
+    if not stage:
+        return None
+    log.warning("fault injection armed: this process will SIGKILL itself at settlement stage %r", stage)
+
+    def kill(reached: str, batch: Batch) -> None:
+        if reached == stage:
+            log.warning("fault injection: SIGKILL at settlement stage %r (batch %d)", reached, batch.id)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
 
 
 class Orchestrator:
@@ -80,7 +106,9 @@ class Orchestrator:
             self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
-        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s)
+        activity = NetworkActivity()
+        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s, activity=activity)
+        self.dashboard = DashboardFeed(self, activity)
         self.scores = ScoreStore(data_dir / "ledger.db")
         self.pool = SessionPool(scores=self.scores.load())
         rng = random.Random(settings.seed)
@@ -96,6 +124,7 @@ class Orchestrator:
             max_batch=settings.max_batch,
             receipt_timeout_s=settings.receipt_timeout_s,
             confirmations=settings.settlement_confirmations,
+            on_stage=_kill_at_stage_from_env(),
         )
         self.runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self.runner.setup()
@@ -107,6 +136,7 @@ class Orchestrator:
             loop.create_task(self.endpoint.heartbeat()),
             loop.create_task(self.endpoint.recheck_registry()),
             loop.create_task(self._settle_every_window()),
+            loop.create_task(self.dashboard.run()),
         ]
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
 

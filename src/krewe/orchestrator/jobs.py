@@ -10,7 +10,7 @@ States and transitions (an event not listed for a state changes nothing):
     -------------  ---------------------------------  --------------  ------------------------------
     (new)          start                              COLLECTING      SendJob
     COLLECTING     answer, verdict not yet final      COLLECTING      Release
-    COLLECTING     answer, final, agreed              DECIDED         Release, AnswerCaller, Credit,
+    COLLECTING     answer, final, agreed              DECIDED         Release, Credit, AnswerCaller,
                                                                       SendVerdict...
     COLLECTING     answer, final, no consensus,       REDISPATCHING   Release, AskReplicas
                    redispatches left
@@ -32,7 +32,8 @@ different result is reported as a `Violation` of its sender. A job in REDISPATCH
 no-consensus verdict among its current workers and waits for the router to grant fresh ones.
 
 Money: the agreeing miners are credited as soon as the verdict is final, and a straggler that
-joins the winning group when it arrives; each miner's `verdict` frame follows its credit. A job
+joins the winning group when it arrives. Commands come in the order they must be carried out: the
+caller's answer and each miner's `verdict` frame follow the `Credit` they report. A job
 credits only when `CreditPolicy` allows: a reward for its model, at least `min_replicas` distinct
 miners asked, at least `min_agreeing` of them agreeing. Scores are given when the job closes;
 rejections the job itself caused (`unsupported_model`, or `bad_input` from most of its miners) and
@@ -329,12 +330,15 @@ class Job:
         return commands + self._close_if_done()
 
     def _decide(self) -> list[Command]:
-        """The verdict is final: answer the caller, credit the winners, tell who answered."""
+        """The verdict is final: credit the winners, then answer the caller and tell who answered."""
         self.state = State.DECIDED
         verdict = self.round.verdict()
         told = [worker for worker, answer in self.answers.items() if answer.kind != "timeout"]
         output = self.outputs.get(verdict.digest or "")
-        return [AnswerCaller(verdict, output, self.deadline_exceeded), *self._tell(told)]
+        commands = self._tell(told)
+        credits = [command for command in commands if isinstance(command, Credit)]
+        verdicts = [command for command in commands if not isinstance(command, Credit)]
+        return [*credits, AnswerCaller(verdict, output, self.deadline_exceeded), *verdicts]
 
     def _tell(self, workers: list[str]) -> list[Command]:
         """Credit those of `workers` who agreed (if the job is creditable), then send their verdicts."""

@@ -6,7 +6,8 @@
 The decisions are all in `jobs.py`; this loop only feeds a job its events and does what comes
 back: send frames, pick replicas for a redispatch, answer the caller, credit the ledger, score,
 write the record. Commands that need no waiting run at once, in order; those that do (frames, the
-ledger) run in order in one task per event, so each miner's `verdict` frame follows its credit.
+ledger) run in order in one task per event. Whatever follows a credit in that order waits for it:
+neither the caller nor a miner hears of a credit before it is durable.
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
 be written the router refuses new jobs (`503 ledger_unavailable`).
@@ -277,7 +278,7 @@ class JobRouter:
     def _carry_out(self, running: _Running, commands: list[Command]) -> str | None:
         """Do what the job said; returns the last violation it reported, if any."""
         violation = None
-        io: list[Command] = []
+        io: list[Command] = []  # in order; a credit holds back every command queued after it
         queue = list(commands)
         while queue:
             command = queue.pop(0)
@@ -286,6 +287,8 @@ class JobRouter:
                     queue += self._assign(running, workers)
                     io.append(command)
                 case jobs.SendCancel() | jobs.SendVerdict() | jobs.Credit():
+                    io.append(command)
+                case jobs.AnswerCaller() if any(isinstance(earlier, jobs.Credit) for earlier in io):
                     io.append(command)
                 case jobs.Release(worker):
                     session = running.sessions.get(worker)
@@ -355,6 +358,9 @@ class JobRouter:
                         )
                 case jobs.Credit(amounts):
                     await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
+                case jobs.AnswerCaller():
+                    if not running.caller.done():
+                        running.caller.set_result(command)
 
     async def _send_job(self, running: _Running, worker: str, frame: str) -> None:
         session = running.sessions.get(worker)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from krewe.protocol import siwe
 from krewe.protocol.canonical import MAX_DEPTH, CanonicalError, check_nesting
 
 __all__ = [
@@ -139,6 +140,33 @@ class Challenge(msgspec.Struct, tag="challenge", tag_field="type"):
     expiration_time: str
     statement: str
     version: str = "1"
+
+    @classmethod
+    def issue(cls, fields: siwe.Challenge) -> "Challenge":
+        """The frame that carries these fields."""
+        return cls(
+            domain=fields.domain,
+            uri=fields.uri,
+            chain_id=fields.chain_id,
+            nonce=fields.nonce,
+            issued_at=siwe.format_time(fields.issued_at),
+            expiration_time=siwe.format_time(fields.expiration_time),
+            statement=fields.statement,
+            version=fields.version,
+        )
+
+    def fields(self) -> siwe.Challenge:
+        """The fields as Sign-In with Ethereum reads them; SiweError if a time is not RFC 3339."""
+        return siwe.Challenge(
+            domain=self.domain,
+            uri=self.uri,
+            chain_id=self.chain_id,
+            nonce=self.nonce,
+            issued_at=siwe.parse_time(self.issued_at),
+            expiration_time=siwe.parse_time(self.expiration_time),
+            statement=self.statement,
+            version=self.version,
+        )
 
 
 class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
