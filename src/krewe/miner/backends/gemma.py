@@ -130,7 +130,7 @@ class GemmaBackend:
         self, *, threads: int = 1, prefill_batch: int = DEFAULT_PREFILL_BATCH, flash_attention: bool = False
     ) -> None:
         build = engine_build(ENGINE_DISTRIBUTION, ENGINE_VERSION)
-        engine_build(WEIGHTS_DISTRIBUTION, WEIGHTS_VERSION)
+        engine_build(WEIGHTS_DISTRIBUTION, WEIGHTS_VERSION)  # its version; its bytes by WEIGHTS_SHA256
         from ik_llama_cpp import _ctypes_api as engine  # noqa: PLC0415  (optional dependency)
         from ik_llama_cpp._internals import IkModel  # noqa: PLC0415
 
@@ -218,8 +218,10 @@ class GemmaBackend:
         engine, n_vocab, batch = self._engine, self._model.n_vocab, self._prefill_batch
         for start in range(0, len(prompt), batch):
             self._decode(prompt[start : start + batch], start, last=start + batch >= len(prompt))
-        position = len(prompt)
-        for _ in range(max_tokens):
+        token = -1
+        for count in range(max_tokens):
+            if count:  # the previous token goes in only when another one is wanted
+                self._decode([token], len(prompt) + count - 1, last=True)
             logits = numpy.ctypeslib.as_array(
                 engine.llama_get_logits_ith(self._context, -1), shape=(n_vocab,)
             )
@@ -228,8 +230,6 @@ class GemmaBackend:
                 yield None
                 return
             yield token
-            self._decode([token], position, last=True)
-            position += 1
 
     def _decode(self, tokens: list[int], first_position: int, *, last: bool) -> None:
         engine = self._engine
