@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from krewe.protocol.messages import MAX_CONCURRENCY, MAX_ENGINE_CHARS, TASKS
 from krewe.settings import SettingsError, setting
@@ -18,7 +19,7 @@ class MinerSettings:
     key_password_file: Path | None = setting(None, "file holding the keystore's password")
     key_password_env: str = setting("KREWE_MINER_KEY_PASSWORD", "variable holding the keystore's password")
     dev_key_env: str = setting("KREWE_MINER_DEV_KEY", "variable with a raw hex key (development chains only)")
-    backend: str = setting("local", "where answers come from: 'local' (built-in embedding model) or 'openai'")
+    backend: str = setting("local", "where answers come from: 'local' (the built-in models) or 'openai'")
     models: list[str] = setting([], "model ids to serve (empty: what the backend offers)")
     base_url: str = setting("http://127.0.0.1:11434/v1", "the OpenAI-compatible server (openai backend)")
     tasks: list[str] = setting(
@@ -44,6 +45,13 @@ class MinerSettings:
     )
     registry_address: str = setting("", "WorkerRegistry contract address")
     distributor_address: str = setting("", "RewardDistributor contract address")
+
+    @property
+    def api_url(self) -> str:
+        """The orchestrator's HTTP API (statements), on the same host and port as `orchestrator_url`."""
+        parts = urlsplit(self.orchestrator_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc}{parts.path.removesuffix('/v1/workers/connect').rstrip('/')}"
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
