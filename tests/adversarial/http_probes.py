@@ -25,6 +25,8 @@ __all__ = ["DOCUMENTED", "HttpProbe", "http_probes", "judge"]
 
 DOCUMENTED = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 417, 426, 429, 502, 503, 504, 505})
 SERVER_ERRORS = frozenset({502, 503, 504, 505})  # the only 5xx documented
+# A GET of a documented path, with whatever its parameters are: found, refused, absent, or not ready.
+GET_STATUSES = frozenset({200, 400, 401, 403, 404, 503})
 CHAT_MESSAGES = [{"role": "user", "content": "hi"}]
 BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": HEALTH_MODEL, "messages": CHAT_MESSAGES},
@@ -80,9 +82,8 @@ class HttpProbe:
     def expected(self) -> str:
         if self.statuses == DOCUMENTED:
             return "any documented status"
-        return "/".join(str(status) for status in sorted(self.statuses)) + (
-            f" {self.code}" if self.code else ""
-        )
+        statuses = "/".join(str(status) for status in sorted(self.statuses))
+        return " ".join([statuses, *sorted(self.codes)])
 
 
 def judge(probe: HttpProbe, answer: HttpAnswer | None) -> str | None:
@@ -168,7 +169,7 @@ def http_probes(routes: list[tuple[str, str]], max_body_bytes: int) -> st.Search
         target = _filled(draw(st.sampled_from(gets)), draw(path_parts))
         if draw(st.booleans()):
             target += "?" + draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30))
-        return _probe("GET a documented path", request("GET", target), {200, 400, 404, 503})
+        return _probe("GET a documented path", request("GET", target), GET_STATUSES)
 
     @st.composite
     def bad_json(draw: st.DrawFn) -> HttpProbe:
@@ -423,7 +424,7 @@ def http_probes(routes: list[tuple[str, str]], max_body_bytes: int) -> st.Search
         path = _filled(draw(st.sampled_from(gets)), "")
         version = draw(st.sampled_from(["HTTP/1.0", "HTTP/0.9", "HTTP/2.0"]))
         if version == "HTTP/1.0":
-            return _probe("HTTP/1.0", request("GET", path, version=version), {200, 404, 503})
+            return _probe("HTTP/1.0", request("GET", path, version=version), GET_STATUSES)
         return _probe(
             f"{version} in HTTP/1 syntax",
             request("GET", path, version=version),
