@@ -34,7 +34,6 @@ from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.scoring import update_score
-from krewe.orchestrator.selection import choose_engine_class, select_replicas
 from krewe.protocol import messages
 from krewe.protocol.canonical import CanonicalError, digest, parse_strict
 from krewe.protocol.messages import TASKS, Reject, Result
@@ -137,14 +136,8 @@ class JobRouter:
         timeout_ms = settings.job_timeout_ms if timeout_ms is None else timeout_ms
         self._check(model, task, replicas, threshold, timeout_ms)
         engine = self._engine_class(model, task, replicas, threshold)
-        selection = select_replicas(
-            self._pool.candidates(),
-            model,
-            task,
-            replicas,
-            rng=self._rng,
-            tail=min(settings.tail, replicas),
-            engine=engine,
+        selection = self._pool.ranking.select(
+            model, task, replicas, rng=self._rng, tail=min(settings.tail, replicas), engine=engine
         )
         now = self._clock()
         job = Job.create(
@@ -183,14 +176,14 @@ class JobRouter:
     def _engine_class(self, model: str, task: str, replicas: int, threshold: int) -> str | None:
         """The engine class the job's replicas come from (None: any, when `homogeneous` is off).
         Raises 503 when not even `threshold` miners with free capacity can take the job."""
-        candidates = self._pool.candidates()
-        found = len(select_replicas(candidates, model, task, replicas, rng=self._rng, tail=0).workers)
+        ranking = self._pool.ranking
+        found = min(ranking.available(model, task), replicas)
         if found < threshold:
             message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
             raise JobError(503, "no_eligible_workers", message)
         if not self.settings.homogeneous:
             return None
-        engine = choose_engine_class(candidates, model, task, replicas, needed=threshold, rng=self._rng)
+        engine = ranking.choose_engine_class(model, task, replicas, needed=threshold, rng=self._rng)
         if engine is None:
             message = (
                 f"{found} miners with free capacity serve {model!r} for {task}, but no engine class has "
@@ -323,15 +316,8 @@ class JobRouter:
 
     def _redispatch(self, running: _Running, count: int, exclude: frozenset[str]) -> list[Command]:
         job = running.job
-        fresh = select_replicas(
-            self._pool.candidates(),
-            job.model,
-            job.task,
-            count,
-            rng=self._rng,
-            tail=0,
-            exclude=exclude,
-            engine=job.engine,
+        fresh = self._pool.ranking.select(
+            job.model, job.task, count, rng=self._rng, tail=0, exclude=exclude, engine=job.engine
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
