@@ -19,6 +19,17 @@ $(STAMP)/python-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps siwe==4.4.0 abnf==2.2.0
 	@mkdir -p $(STAMP) && touch $@
 
+# The browser tests (tests/browser) drive Debian's Chromium, headless, through Playwright, which
+# downloads no browser of its own. As root it is installed here; otherwise the command is printed.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "the browser tests need Chromium: sudo apt-get update && sudo apt-get install -y chromium"; \
+		exit 1; \
+	fi
+
 $(STAMP)/node-deps: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@mkdir -p $(STAMP) && touch $@
@@ -47,7 +58,7 @@ lint: $(STAMP)/python-deps
 typecheck: $(STAMP)/python-deps
 	$(BIN)/mypy src
 
-unit: $(STAMP)/python-deps $(STAMP)/node-deps
+unit: $(STAMP)/python-deps $(STAMP)/node-deps $(CHROMIUM)
 	$(BIN)/pytest
 
 bench: $(STAMP)/python-deps $(STAMP)/node-deps

@@ -1,5 +1,6 @@
 """The `krewe` command."""
 
+import json
 import logging
 import sys
 from functools import partial
@@ -8,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 import uvloop
+from rich.console import Console
 from web3 import Web3
 
 from krewe import __version__
@@ -18,6 +20,7 @@ from krewe.miner.backends import BackendError
 from krewe.miner.config import MinerSettings
 from krewe.miner.onchain import MinerChain, MinerChainError, parse_krew
 from krewe.miner.run import run_miner
+from krewe.miner.statement import StatementError, fetch_statement, statement_tables
 from krewe.orchestrator.app import serve
 from krewe.orchestrator.chain import ChainError
 from krewe.orchestrator.config import OrchestratorSettings
@@ -148,6 +151,36 @@ def miner_claim(config_file: Path | None, **flags: Any) -> None:
         click.echo(f"claimed in {chain.claim()}")
     except (MinerChainError, TransactionError) as error:
         _fail(error)
+
+
+@miner.command("statement")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the orchestrator's JSON as it is")
+@click.option("--cursor", help="the next page: the cursor a page ends with")
+@click.option("--limit", default=20, show_default=True, help="credits and payouts on one page (1-1000)")
+@flag_options(MinerSettings)
+def miner_statement(
+    config_file: Path | None, as_json: bool, cursor: str | None, limit: int, **flags: Any
+) -> None:
+    """Show what the orchestrator credited and paid this miner, newest first.
+
+    The orchestrator is the one at orchestrator_url (its HTTP API on the same host and port); the
+    request is signed with the miner's key.
+    """
+    settings = _miner_settings(config_file, flags)
+    key = _miner_key(settings)
+    try:
+        statement = fetch_statement(settings.api_url, key, cursor=cursor, limit=limit)
+    except StatementError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(statement, indent=2))
+        return
+    console = Console()
+    for table in statement_tables(statement):
+        console.print(table)
+    if statement["next_cursor"]:
+        console.print(f"next page: krewe miner statement --cursor {statement['next_cursor']}", soft_wrap=True)
 
 
 @miner.command("exit")

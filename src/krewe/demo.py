@@ -227,6 +227,7 @@ def _run(demo: Demo) -> None:
     )
     wait_for("the orchestrator", lambda: requests.get(orchestrator_url + "/healthz", timeout=2).ok, 60, demo)
     demo.say(f"orchestrator up at {orchestrator_url}")
+    demo.fact(f"dashboard: {orchestrator_url}/")
     for index, row in enumerate(rows):
         key_index = FIRST_MINER + index
         demo.spawn(
@@ -356,7 +357,9 @@ def _wait_for_settlement(demo: Demo, orchestrator_url: str) -> dict[str, Any]:
 
 def _serve_until_interrupted(demo: Demo, orchestrator_url: str) -> None:
     demo.console.print(f"""
-The network keeps running. Try it:
+The network keeps running. Watch it in a browser: {orchestrator_url}/
+
+Try it:
 
   curl -s {orchestrator_url}/v1/embeddings -H 'Content-Type: application/json' \\
        -d '{{"model": "{MODEL_ID}", "input": "hello"}}'
@@ -364,9 +367,11 @@ The network keeps running. Try it:
   python -c "import openai; c = openai.OpenAI(base_url='{orchestrator_url}/v1', api_key='x'); \\
 print(c.embeddings.create(model='{MODEL_ID}', input='hello').model_extra['krewe'])"
 
-Ledger:  {orchestrator_url}/v1/ledger
-Miners:  {orchestrator_url}/v1/workers
-Metrics: {orchestrator_url}/metrics
+Dashboard: {orchestrator_url}/
+Ledger:    {orchestrator_url}/v1/ledger
+Miners:    {orchestrator_url}/v1/workers
+Statement: {orchestrator_url}/v1/workers/<address>/statement (or `krewe miner statement`)
+Metrics:   {orchestrator_url}/metrics
 Press Ctrl-C to stop every process the demo started.""")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

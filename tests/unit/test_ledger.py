@@ -22,13 +22,16 @@ from krewe.orchestrator.ledger import (
     SendRecord,
     SignedSend,
     SQLiteLedgerStore,
+    StatementCursor,
+    StatementPayout,
+    WorkerTotals,
 )
 
 WEI = 10**18
 
 
-def open_ledger(path: Path) -> RewardLedger:
-    return RewardLedger(SQLiteLedgerStore(path))
+def open_ledger(path: Path, index_every: int = 128) -> RewardLedger:
+    return RewardLedger(SQLiteLedgerStore(path), index_every=index_every)
 
 
 def assert_balanced(ledger: RewardLedger) -> None:
@@ -153,6 +156,49 @@ def test_a_send_record_survives_a_reopen(tmp_path: Path) -> None:
     assert open_ledger(tmp_path / "ledger.db").open_batches() == [replace(batch, send=RECORD)]
 
 
+def as_version_1_wrote_it(path: Path) -> None:
+    """Take away what version 2 added: credit times, earnings, payouts."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE payouts")
+        db.execute("DROP TABLE paid_by_worker")
+        db.execute("DROP TABLE statement_credits")
+        db.execute("DROP TABLE statement_through")
+        db.execute("ALTER TABLE credits DROP COLUMN at")
+        db.execute("ALTER TABLE totals DROP COLUMN indexed_through")
+        db.execute("ALTER TABLE totals DROP COLUMN last_at")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+def test_a_ledger_written_before_statements_opens_with_each_workers_account(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(path)
+    ledger.credit_many([Credit("j1", "0xA", 3), Credit("j1", "0xB", 4), Credit("j2", "0xA", 5)])
+    (paid,) = ledger.snapshot(max_batch=5)
+    ledger.record_send(paid.id, RECORD)
+    ledger.commit(paid.id)
+    ledger.credit("0xA", 6, "j3")
+    (frozen,) = ledger.snapshot(max_batch=5)
+    ledger.credit("0xB", 1, "j4")
+    ledger.close()
+    as_version_1_wrote_it(path)
+    reopened = open_ledger(path)
+    assert reopened.earnings(["0xA", "0xB", "0xC"]) == {
+        "0xA": WorkerTotals(credited=14, paid=8, pending=0, in_flight=6),
+        "0xB": WorkerTotals(credited=5, paid=4, pending=1, in_flight=0),
+        "0xC": WorkerTotals(credited=0, paid=0, pending=0, in_flight=0),
+    }
+    statement = reopened.statement("0xA", StatementCursor(), limit=10)
+    assert {(c.job_id, c.amount, c.at_ms) for c in statement.credits} == {
+        ("j1", 3, 0),
+        ("j2", 5, 0),
+        ("j3", 6, 0),
+    }
+    assert statement.payouts == [StatementPayout(paid.id, 4, RECORD.sends[-1].tx_hash, 8, 0)]
+    reopened.commit(frozen.id)
+    assert reopened.earnings(["0xA"])["0xA"] == WorkerTotals(credited=14, paid=14, pending=0, in_flight=0)
+
+
 def test_a_ledger_written_before_signed_blocks_were_recorded_opens(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     ledger = open_ledger(path)
@@ -160,6 +206,7 @@ def test_a_ledger_written_before_signed_blocks_were_recorded_opens(tmp_path: Pat
     (batch,) = ledger.snapshot(max_batch=5)
     ledger.record_send(batch.id, RECORD)
     ledger.close()
+    as_version_1_wrote_it(path)
     with sqlite3.connect(path) as db:  # as version 0 wrote it
         db.execute("UPDATE batches SET send = json_remove(send, '$.signed_block')")
         db.execute("PRAGMA user_version = 0")
@@ -169,16 +216,16 @@ def test_a_ledger_written_before_signed_blocks_were_recorded_opens(tmp_path: Pat
     assert reopened.open_batches() == [replace(batch, send=replace(RECORD, signed_block=0))]
     reopened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
 
 
 def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     open_ledger(tmp_path / "ledger.db").close()
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        db.execute("PRAGMA user_version = 2")
+        db.execute("PRAGMA user_version = 3")
     db.close()
-    with pytest.raises(LedgerError, match="ledger version 2, newer than this krewe reads"):
+    with pytest.raises(LedgerError, match="ledger version 3, newer than this krewe reads"):
         open_ledger(tmp_path / "ledger.db")
 
 
@@ -189,7 +236,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
         self.path = Path(self.directory.name) / "ledger.db"
-        self.ledger = open_ledger(self.path)
+        self.ledger = open_ledger(self.path, index_every=3)
         self.credits: dict[tuple[str, str], int] = {}  # every credit ever accepted
         self.paid: dict[str, int] = {}
         self.open: dict[int, dict[str, int]] = {}
@@ -236,7 +283,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         before = self.ledger.totals()
         self.ledger.close()
-        self.ledger = open_ledger(self.path)
+        self.ledger = open_ledger(self.path, index_every=3)
         assert self.ledger.totals() == before
 
     def model_pending(self) -> dict[str, int]:
@@ -253,6 +300,24 @@ class LedgerMachine(RuleBasedStateMachine):
         assert_balanced(self.ledger)
         assert self.ledger.totals().credited == sum(self.credits.values())
         assert self.ledger.pending() == self.model_pending()
+
+    @invariant()
+    def each_account_adds_up_and_its_statement_lists_it(self) -> None:
+        pending = self.model_pending()
+        for worker, account in self.ledger.earnings(["0xA", "0xB", "0xC", "0xD"]).items():
+            credited = sum(amount for (_, to), amount in self.credits.items() if to == worker)
+            assert (account.credited, account.paid) == (credited, self.paid.get(worker, 0))
+            assert account.pending == pending.get(worker, 0)
+            assert account.credited == account.paid + account.pending + account.in_flight
+            listed_credits = listed_payouts = 0
+            cursor: StatementCursor | None = StatementCursor()
+            while cursor is not None:
+                page = self.ledger.statement(worker, cursor, limit=2)
+                assert page.totals == account
+                listed_credits += sum(credit.amount for credit in page.credits)
+                listed_payouts += sum(payout.amount for payout in page.payouts)
+                cursor = page.next
+            assert (listed_credits, listed_payouts) == (account.credited, account.paid)
 
 
 TestLedgerMachine = LedgerMachine.TestCase

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from krewe.protocol.messages import MAX_CONCURRENCY, MAX_ENGINE_CHARS, TASKS
 from krewe.settings import SettingsError, setting
@@ -44,6 +45,13 @@ class MinerSettings:
     )
     registry_address: str = setting("", "WorkerRegistry contract address")
     distributor_address: str = setting("", "RewardDistributor contract address")
+
+    @property
+    def api_url(self) -> str:
+        """The orchestrator's HTTP API (statements), on the same host and port as `orchestrator_url`."""
+        parts = urlsplit(self.orchestrator_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc}{parts.path.removesuffix('/v1/workers/connect').rstrip('/')}"
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):

@@ -34,7 +34,9 @@ from typing import Any
 from aiohttp import web
 
 from krewe.keys import SigningKey
+from krewe.orchestrator.activity import NetworkActivity
 from krewe.orchestrator.api import build_app
+from krewe.orchestrator.api.dashboard import DashboardFeed
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
@@ -116,7 +118,9 @@ class Orchestrator:
             self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
-        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s)
+        activity = NetworkActivity()
+        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s, activity=activity)
+        self.dashboard = DashboardFeed(self, activity)
         self.scores = ScoreStore(data_dir / "ledger.db")
         self.pool = SessionPool(scores=self.scores.load())
         rng = random.Random(settings.seed)
@@ -144,6 +148,7 @@ class Orchestrator:
             loop.create_task(self.endpoint.heartbeat()),
             loop.create_task(self.endpoint.recheck_registry()),
             loop.create_task(self._settle_every_window()),
+            loop.create_task(self.dashboard.run()),
         ]
         self.loop_lag.start(loop)
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)

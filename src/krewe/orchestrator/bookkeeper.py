@@ -7,12 +7,21 @@ together for the next one, and each is told its credits exist only after they ar
 """
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-from krewe.orchestrator.ledger import Batch, Credit, LedgerTotals, RewardLedger, SendRecord
+from krewe.orchestrator.ledger import (
+    Batch,
+    Credit,
+    LedgerTotals,
+    RewardLedger,
+    SendRecord,
+    Statement,
+    StatementCursor,
+    WorkerTotals,
+)
 
 __all__ = ["LedgerService"]
 
@@ -80,6 +89,13 @@ class LedgerService:
 
     async def pending(self) -> Mapping[str, int]:
         return await self._run(self._ledger.pending)
+
+    async def earnings(self, workers: Iterable[str]) -> dict[str, WorkerTotals]:
+        chosen = list(workers)
+        return await self._run(lambda: self._ledger.earnings(chosen))
+
+    async def statement(self, worker: str, cursor: StatementCursor, limit: int) -> Statement:
+        return await self._run(lambda: self._ledger.statement(worker, cursor, limit))
 
     async def close(self) -> None:
         await self._run(self._ledger.close)

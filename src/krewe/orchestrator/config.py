@@ -81,6 +81,12 @@ class OrchestratorSettings:
     api_keys: list[str] = setting(
         [], "client API keys (Bearer); empty: the API is open (loopback use only)", secret=True
     )
+    admin_api_keys: list[str] = setting(
+        [],
+        "operator keys (Bearer, or HTTP Basic password): with any key set, the dashboard, /v1/events, "
+        "/v1/workers, /v1/ledger, /v1/settlements and statements take one",
+        secret=True,
+    )
     rate_limit_per_s: float = setting(100.0, "requests per second per API key")
     rate_limit_burst: int = setting(200, "burst size per API key")
     shutdown_grace_s: float = setting(10.0, "seconds in-flight jobs get to finish on SIGTERM")

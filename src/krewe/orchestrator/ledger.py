@@ -9,6 +9,20 @@ Every credit is in exactly one of three places, and at every moment
   (one amount per worker); credits made afterwards stay pending beside them.
 - `commit(batch_id)` marks a batch paid; `revert(batch_id)` returns its credits to pending.
 
+Each worker's own account obeys the same equation (`earnings`), and `statement` lists what makes
+it up: the worker's credits, each with the moment it was made durable, and its payouts (the paid
+batches it was in, with their batch nonce and transaction). Times come from the `clock` the ledger
+is given, in milliseconds since the epoch, and only ever increase, so a clock that steps back
+cannot reorder a statement; 0 marks entries written before times were recorded.
+
+A statement reads a worker's credits from a table kept in worker order, and adding to it with
+every credit would touch one page per worker per commit. So a worker's credits join it
+`index_every` at a time (a page or more), written in the transaction of a later commit, and all
+of them on close; until then they are kept in memory. A crash loses nothing: the store knows
+the time of its latest credit and, for each worker, the time its statement entries are complete
+to, and after a stop that did not close the ledger `load` reads the credits made since from the
+journal (one pass over it).
+
 A batch moves OPEN -> PAID or OPEN -> REVERTED, never anywhere else. While open it may carry a
 `SendRecord`: what settlement signed for it (batch nonce, payload hash, account nonce, the block it
 was signed at, every signed transaction), written before any of it is broadcast, so that a restart
@@ -21,11 +35,12 @@ callers that want throughput group many credits into one `credit_many`.
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "Batch",
@@ -39,6 +54,11 @@ __all__ = [
     "SQLiteLedgerStore",
     "SendRecord",
     "SignedSend",
+    "Statement",
+    "StatementCredit",
+    "StatementCursor",
+    "StatementPayout",
+    "WorkerTotals",
 ]
 
 
@@ -138,6 +158,52 @@ class LedgerTotals:
     in_flight: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerTotals:
+    """One worker's account: credited = paid + pending + in_flight."""
+
+    credited: int
+    paid: int
+    pending: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementCredit:
+    job_id: str
+    amount: int
+    at_ms: int  # when the credit was made durable; 0: before times were recorded
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPayout:
+    batch_id: int
+    batch_nonce: int | None
+    tx_hash: str | None  # the batch's last signed transaction
+    amount: int
+    at_ms: int  # when the batch was committed as paid; 0: before times were recorded
+
+
+@dataclass(frozen=True, slots=True)
+class StatementCursor:
+    """Where a page of a statement starts. Both lists run newest first: a page holds the entries
+    older than the keys here (None: from the newest), and a list that is done stays empty."""
+
+    credits_before: tuple[int, str] | None = None  # (at_ms, job_id) of the last credit shown
+    payouts_before: int | None = None  # batch id of the last payout shown
+    credits_done: bool = False
+    payouts_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    worker: str
+    totals: WorkerTotals
+    credits: list[StatementCredit]
+    payouts: list[StatementPayout]
+    next: StatementCursor | None  # None: this was the last page
+
+
 @dataclass(slots=True)
 class LedgerState:
     """What a store holds, as `load` returns it."""
@@ -147,6 +213,9 @@ class LedgerState:
     credited: int = 0
     paid: int = 0
     next_batch_id: int = 1
+    paid_by_worker: dict[str, int] = field(default_factory=dict)
+    unindexed: list[tuple[str, StatementCredit]] = field(default_factory=list)  # (worker, credit)
+    last_at_ms: int = 0  # the latest time a credit was made
 
 
 class LedgerStore(Protocol):
@@ -154,34 +223,65 @@ class LedgerStore(Protocol):
 
     def load(self) -> LedgerState: ...
 
-    def add_credits(self, credits: Sequence[Credit]) -> list[bool]:
-        """Store the credits not seen before; True for each one that was new."""
+    def add_credits(
+        self, credits: Sequence[Credit], at_ms: int, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> list[bool]:
+        """Store the credits not seen before, made at `at_ms`, and add `index` (credits made
+        earlier, by worker) to the statement entries; True for each credit that was new."""
         ...
 
     def freeze(self, batches: Sequence[Batch]) -> None:
         """Record the batches and move every pending credit of their workers into them."""
         ...
 
-    def settle(self, batch: Batch, state: BatchState) -> None:
-        """Mark an open batch PAID, or REVERTED with its credits back to pending."""
+    def settle(self, batch: Batch, state: BatchState, at_ms: int) -> None:
+        """Mark an open batch PAID (at `at_ms`), or REVERTED with its credits back to pending."""
         ...
 
     def record_send(self, batch_id: int, record: SendRecord) -> None:
         """Replace the send record of an open batch."""
         ...
 
+    def index_credits(self, index: Mapping[str, Sequence[StatementCredit]], through_ms: int) -> None:
+        """Add the credits of `index` to the statement entries: every credit made at or before
+        `through_ms` is among them now."""
+        ...
+
+    def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
+        """The worker's indexed credits older than `before` (None: all), newest first, at most `limit`."""
+        ...
+
+    def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
+        """The worker's payouts from batches before `before` (None: all), newest first."""
+        ...
+
     def close(self) -> None: ...
 
 
 class RewardLedger:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(
+        self, store: LedgerStore, *, clock: Callable[[], float] = time.time, index_every: int = 128
+    ) -> None:
         self._store = store
+        self._clock = clock  # seconds since the epoch: when credits and payouts happened
+        self._index_every = index_every
         state = store.load()
         self._pending = state.pending
         self._open = state.open_batches
         self._credited = state.credited
         self._paid = state.paid
         self._next_batch_id = state.next_batch_id
+        self._paid_by_worker = state.paid_by_worker
+        self._last_at_ms = state.last_at_ms
+        self._unindexed: dict[str, list[StatementCredit]] = {}  # by worker, oldest first
+        self._due: set[str] = set()  # workers with index_every credits or more in memory
+        for worker, credit in state.unindexed:
+            self._remember(worker, credit)
+
+    def _now_ms(self) -> int:
+        """The clock in ms, always later than any time given before."""
+        self._last_at_ms = max(round(self._clock() * 1000), self._last_at_ms + 1)
+        return self._last_at_ms
 
     def credit(self, worker: str, amount: int, job_id: str) -> bool:
         """Credit `amount` wei to `worker` for `job_id`. False if that credit already existed."""
@@ -192,12 +292,26 @@ class RewardLedger:
         batch = list(credits)
         if not batch:
             return []
-        added = self._store.add_credits(batch)
+        at_ms = self._now_ms()
+        due = {worker: self._unindexed[worker] for worker in self._due}
+        added = self._store.add_credits(batch, at_ms, due)
+        for worker in due:
+            del self._unindexed[worker]
+        self._due.clear()
         for credit, new in zip(batch, added, strict=True):
             if new:
-                self._pending[credit.worker] = self._pending.get(credit.worker, 0) + credit.amount
+                worker = credit.worker
+                self._pending[worker] = self._pending.get(worker, 0) + credit.amount
                 self._credited += credit.amount
+                self._remember(worker, StatementCredit(credit.job_id, credit.amount, at_ms))
         return added
+
+    def _remember(self, worker: str, credit: StatementCredit) -> None:
+        """Keep a credit for the worker's statement until it joins the store's statement entries."""
+        credits = self._unindexed.setdefault(worker, [])
+        credits.append(credit)
+        if len(credits) >= self._index_every:
+            self._due.add(worker)
 
     def snapshot(self, max_batch: int) -> list[Batch]:
         """Freeze every pending credit into batches of at most `max_batch` workers."""
@@ -221,15 +335,17 @@ class RewardLedger:
     def commit(self, batch_id: int) -> Batch:
         """The batch was paid on chain."""
         batch = self._take_open(batch_id)
-        self._store.settle(batch, BatchState.PAID)
+        self._store.settle(batch, BatchState.PAID, self._now_ms())
         del self._open[batch_id]
         self._paid += batch.total
+        for worker, amount in zip(batch.workers, batch.amounts, strict=True):
+            self._paid_by_worker[worker] = self._paid_by_worker.get(worker, 0) + amount
         return replace(batch, state=BatchState.PAID)
 
     def revert(self, batch_id: int) -> Batch:
         """The batch surely was not paid: its credits go back to pending."""
         batch = self._take_open(batch_id)
-        self._store.settle(batch, BatchState.REVERTED)
+        self._store.settle(batch, BatchState.REVERTED, self._now_ms())
         del self._open[batch_id]
         for worker, amount in zip(batch.workers, batch.amounts, strict=True):
             self._pending[worker] = self._pending.get(worker, 0) + amount
@@ -261,8 +377,55 @@ class RewardLedger:
         in_flight = sum(batch.total for batch in self._open.values())
         return LedgerTotals(self._credited, self._paid, pending, in_flight)
 
+    def earnings(self, workers: Iterable[str]) -> dict[str, WorkerTotals]:
+        """Each worker's account, from memory: what it was credited is what was paid, is pending,
+        and is in flight (every credit is in exactly one of the three)."""
+        in_flight: dict[str, int] = {}
+        for batch in self._open.values():
+            for worker, amount in zip(batch.workers, batch.amounts, strict=True):
+                in_flight[worker] = in_flight.get(worker, 0) + amount
+        accounts = {}
+        for worker in workers:
+            paid, pending = self._paid_by_worker.get(worker, 0), self._pending.get(worker, 0)
+            flying = in_flight.get(worker, 0)
+            accounts[worker] = WorkerTotals(paid + pending + flying, paid, pending, flying)
+        return accounts
+
+    def statement(self, worker: str, cursor: StatementCursor, limit: int) -> Statement:
+        """One page of the worker's statement: its account, and up to `limit` credits and `limit`
+        payouts from `cursor` on, newest first."""
+        if limit < 1:
+            raise LedgerError(f"a statement page holds at least one entry, not {limit}")
+        credits: list[StatementCredit] = []
+        if not cursor.credits_done:
+            before = cursor.credits_before
+            recent = [
+                c for c in self._unindexed.get(worker, ()) if before is None or (c.at_ms, c.job_id) < before
+            ]
+            indexed = self._store.credits_of(worker, before, limit + 1)
+            credits = sorted(recent + indexed, key=lambda c: (c.at_ms, c.job_id), reverse=True)[: limit + 1]
+        payouts: list[StatementPayout] = []
+        if not cursor.payouts_done:
+            payouts = self._store.payouts_of(worker, cursor.payouts_before, limit + 1)
+        credits_done, payouts_done = len(credits) <= limit, len(payouts) <= limit
+        credits, payouts = credits[:limit], payouts[:limit]
+        following = StatementCursor(
+            (credits[-1].at_ms, credits[-1].job_id) if credits else cursor.credits_before,
+            payouts[-1].batch_id if payouts else cursor.payouts_before,
+            credits_done,
+            payouts_done,
+        )
+        totals = self.earnings([worker])[worker]
+        last = credits_done and payouts_done
+        return Statement(worker, totals, credits, payouts, None if last else following)
+
     def close(self) -> None:
-        self._store.close()
+        """Write every credit kept in memory to the statement entries (so that the next start
+        reads no journal), and close the store."""
+        try:
+            self._store.index_credits(self._unindexed, self._last_at_ms)
+        finally:
+            self._store.close()
 
 
 _SCHEMA = """
@@ -291,7 +454,39 @@ CREATE TABLE IF NOT EXISTS totals (
 INSERT OR IGNORE INTO totals (id, credited, paid) VALUES (1, '0', '0');
 """
 # PRAGMA user_version of the ledgers this code writes. 1: send records carry `signed_block`.
-_SCHEMA_VERSION = 1
+# 2: credits carry the time they were made; what each worker was paid (`paid_by_worker`), its
+# share of every paid batch (`payouts`) and its credits by worker (`statement_credits`) are kept,
+# for statements.
+_SCHEMA_VERSION = 2
+
+_SCHEMA_2 = """
+ALTER TABLE credits ADD COLUMN at INTEGER NOT NULL DEFAULT 0;  -- ms since the epoch, 0 when unknown
+CREATE TABLE statement_credits (          -- the credits by worker, written in bulk (see RewardLedger)
+    worker TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    PRIMARY KEY (worker, at, job_id)
+) WITHOUT ROWID;
+CREATE TABLE statement_through (          -- statement_credits holds each worker's credits made by then
+    worker TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+-- the time of the latest credit, and the time statement_credits holds every credit made by
+ALTER TABLE totals ADD COLUMN last_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE totals ADD COLUMN indexed_through INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE paid_by_worker (             -- each worker's payouts, added up
+    worker TEXT PRIMARY KEY,
+    paid TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE payouts (                    -- each worker's share of each paid batch
+    worker TEXT NOT NULL,
+    batch_id INTEGER NOT NULL,
+    amount TEXT NOT NULL,
+    at INTEGER NOT NULL,                  -- ms since the epoch the batch was committed, 0 when unknown
+    PRIMARY KEY (worker, batch_id)
+) WITHOUT ROWID;
+"""
 
 
 class SQLiteLedgerStore:
@@ -327,15 +522,42 @@ class SQLiteLedgerStore:
         if version == _SCHEMA_VERSION:
             return
         with self._transaction() as db:
-            # Version 0 did not record the block a batch was signed at: 0 makes its event search
-            # start at chain_from_block, as it did then.
-            signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
-            for batch_id, send in signed:
-                db.execute(
-                    "UPDATE batches SET send = ? WHERE id = ?",
-                    (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
-                )
+            if version < 1:
+                # Version 0 did not record the block a batch was signed at: 0 makes its event
+                # search start at chain_from_block, as it did then.
+                signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
+                for batch_id, send in signed:
+                    db.execute(
+                        "UPDATE batches SET send = ? WHERE id = ?",
+                        (json.dumps({"signed_block": 0} | json.loads(send)), batch_id),
+                    )
+            if version < 2:
+                self._add_statements(db)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    @staticmethod
+    def _add_statements(db: sqlite3.Connection) -> None:
+        """Version 2's tables, filled from what earlier versions kept (times unknown: 0)."""
+        for statement in _SCHEMA_2.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        paid: dict[str, int] = {}
+        payouts = []
+        for batch_id, workers, amounts in db.execute(
+            "SELECT id, workers, amounts FROM batches WHERE state = 'paid'"
+        ).fetchall():
+            for worker, amount in zip(workers.split(), amounts.split(), strict=True):
+                paid[worker] = paid.get(worker, 0) + int(amount)
+                payouts.append((worker, batch_id, amount, 0))
+        db.executemany("INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)", payouts)
+        db.execute(
+            "INSERT INTO statement_credits (worker, at, job_id, amount)"
+            " SELECT worker, at, job_id, amount FROM credits ORDER BY worker, at, job_id"
+        )
+        db.executemany(
+            "INSERT INTO paid_by_worker (worker, paid) VALUES (?, ?)",
+            [(worker, str(amount)) for worker, amount in paid.items()],
+        )
 
     def load(self) -> LedgerState:
         state = LedgerState()
@@ -355,11 +577,27 @@ class SQLiteLedgerStore:
         state.credited, state.paid = int(credited), int(paid)
         (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
         state.next_batch_id = last_id + 1
+        for worker, paid in self._db.execute("SELECT worker, paid FROM paid_by_worker"):
+            state.paid_by_worker[worker] = int(paid)
+        last_at, indexed_through = self._db.execute("SELECT last_at, indexed_through FROM totals").fetchone()
+        state.last_at_ms = max(last_at, indexed_through)  # new credits come after both
+        if last_at > indexed_through:  # stopped without closing: the journal has the rest
+            through = dict(self._db.execute("SELECT worker, at FROM statement_through").fetchall())
+            rows = self._db.execute(
+                "SELECT worker, job_id, amount, at FROM credits WHERE at > ? ORDER BY at", (indexed_through,)
+            )
+            state.unindexed = [
+                (worker, StatementCredit(job_id, int(amount), at))
+                for worker, job_id, amount, at in rows
+                if at > through.get(worker, 0)
+            ]
         return state
 
-    def add_credits(self, credits: Sequence[Credit]) -> list[bool]:
-        insert = "INSERT OR IGNORE INTO credits (job_id, worker, amount) VALUES (?, ?, ?)"
-        rows = [(credit.job_id, credit.worker, str(credit.amount)) for credit in credits]
+    def add_credits(
+        self, credits: Sequence[Credit], at_ms: int, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> list[bool]:
+        insert = "INSERT OR IGNORE INTO credits (job_id, worker, amount, at) VALUES (?, ?, ?, ?)"
+        rows = [(credit.job_id, credit.worker, str(credit.amount), at_ms) for credit in credits]
         with self._transaction() as db:
             db.execute("SAVEPOINT inserts")
             before = db.total_changes
@@ -376,7 +614,16 @@ class SQLiteLedgerStore:
             if owed:
                 self._add_to_balances(db, owed)
                 (credited,) = db.execute("SELECT credited FROM totals").fetchone()
-                db.execute("UPDATE totals SET credited = ?", (str(int(credited) + sum(owed.values())),))
+                db.execute(
+                    "UPDATE totals SET credited = ?, last_at = ?",
+                    (str(int(credited) + sum(owed.values())), at_ms),
+                )
+            if index:
+                self._add_statement_credits(db, index)
+                db.executemany(
+                    "INSERT OR REPLACE INTO statement_through (worker, at) VALUES (?, ?)",
+                    [(worker, credits[-1].at_ms) for worker, credits in index.items()],
+                )
         return added
 
     def freeze(self, batches: Sequence[Batch]) -> None:
@@ -390,7 +637,7 @@ class SQLiteLedgerStore:
                     "DELETE FROM balances WHERE worker = ?", [(worker,) for worker in batch.workers]
                 )
 
-    def settle(self, batch: Batch, state: BatchState) -> None:
+    def settle(self, batch: Batch, state: BatchState, at_ms: int) -> None:
         if state is BatchState.OPEN:
             raise LedgerError("a batch can only be settled as paid or reverted")
         with self._transaction() as db:
@@ -402,6 +649,12 @@ class SQLiteLedgerStore:
             if state is BatchState.PAID:
                 (paid,) = db.execute("SELECT paid FROM totals").fetchone()
                 db.execute("UPDATE totals SET paid = ?", (str(int(paid) + batch.total),))
+                shares = list(zip(batch.workers, batch.amounts, strict=True))
+                db.executemany(
+                    "INSERT INTO payouts (worker, batch_id, amount, at) VALUES (?, ?, ?, ?)",
+                    [(worker, batch.id, str(amount), at_ms) for worker, amount in shares],
+                )
+                self._add_to_paid(db, dict(shares))
             else:
                 self._add_to_balances(db, dict(zip(batch.workers, batch.amounts, strict=True)))
 
@@ -415,23 +668,90 @@ class SQLiteLedgerStore:
 
     @staticmethod
     def _add_to_balances(db: sqlite3.Connection, owed: Mapping[str, int]) -> None:
-        workers = list(owed)
-        found: dict[str, int] = {}
-        for start in range(0, len(workers), 500):  # keep under SQLite's bound-parameter limit
-            chunk = workers[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT worker, pending FROM balances WHERE worker IN ({marks})"
-            found.update((worker, int(pending)) for worker, pending in db.execute(query, chunk))
+        found = dict(_rows_of(db, "SELECT worker, pending FROM balances WHERE worker IN ({})", list(owed)))
         db.executemany(
             "INSERT OR REPLACE INTO balances (worker, pending) VALUES (?, ?)",
-            [(worker, str(found.get(worker, 0) + amount)) for worker, amount in owed.items()],
+            [(worker, str(int(found.get(worker, 0)) + amount)) for worker, amount in owed.items()],
         )
+
+    @staticmethod
+    @staticmethod
+    def _add_to_paid(db: sqlite3.Connection, amounts: Mapping[str, int]) -> None:
+        found = dict(
+            _rows_of(db, "SELECT worker, paid FROM paid_by_worker WHERE worker IN ({})", list(amounts))
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO paid_by_worker (worker, paid) VALUES (?, ?)",
+            [(worker, str(int(found.get(worker, 0)) + amount)) for worker, amount in amounts.items()],
+        )
+
+    def index_credits(self, index: Mapping[str, Sequence[StatementCredit]], through_ms: int) -> None:
+        with self._transaction() as db:
+            self._add_statement_credits(db, index)
+            db.execute("UPDATE totals SET indexed_through = ?", (through_ms,))
+
+    @staticmethod
+    def _add_statement_credits(
+        db: sqlite3.Connection, index: Mapping[str, Sequence[StatementCredit]]
+    ) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO statement_credits (worker, at, job_id, amount) VALUES (?, ?, ?, ?)",
+            sorted(
+                (worker, credit.at_ms, credit.job_id, str(credit.amount))
+                for worker, credits in index.items()
+                for credit in credits
+            ),
+        )
+
+    def credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
+        query = "SELECT job_id, amount, at FROM statement_credits WHERE worker = ?"
+        arguments: tuple[object, ...] = (worker,)
+        if before is not None:
+            query += " AND (at, job_id) < (?, ?)"
+            arguments += before
+        query += " ORDER BY at DESC, job_id DESC LIMIT ?"
+        rows = self._db.execute(query, (*arguments, limit))
+        return [StatementCredit(job_id, int(amount), at) for job_id, amount, at in rows]
+
+    def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
+        query = (
+            "SELECT payouts.batch_id, payouts.amount, payouts.at, batches.send FROM payouts"
+            " JOIN batches ON batches.id = payouts.batch_id WHERE payouts.worker = ?"
+        )
+        arguments: tuple[object, ...] = (worker,)
+        if before is not None:
+            query += " AND payouts.batch_id < ?"
+            arguments += (before,)
+        query += " ORDER BY payouts.batch_id DESC LIMIT ?"
+        payouts = []
+        for batch_id, amount, at, send in self._db.execute(query, (*arguments, limit)):
+            record = SendRecord.from_json(send) if send else None
+            payouts.append(
+                StatementPayout(
+                    batch_id,
+                    record.batch_nonce if record else None,
+                    record.sends[-1].tx_hash if record else None,
+                    int(amount),
+                    at,
+                )
+            )
+        return payouts
 
     def close(self) -> None:
         self._db.close()
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
+
+
+def _rows_of(db: sqlite3.Connection, query: str, workers: list[str]) -> list[Any]:
+    """`query`'s rows for `workers`, its `{}` filled with their placeholders, in chunks that keep
+    under SQLite's bound-parameter limit."""
+    rows: list[Any] = []
+    for start in range(0, len(workers), 500):
+        chunk = workers[start : start + 500]
+        rows += db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+    return rows
 
 
 class _Transaction:

@@ -2,7 +2,8 @@
 credits), kept in SQLite for `retention_s` and served by GET /v1/jobs/{id}.
 
 Records are written in batches on a thread of their own, so the event loop never waits on disk; a
-record not yet written is served from memory.
+record not yet written is served from memory. Each record is also handed, as it comes, to the
+`NetworkActivity` that the operator's dashboard reads (a small summary, no copy of the record).
 """
 
 import asyncio
@@ -15,13 +16,17 @@ from typing import Any
 
 import orjson
 
+from krewe.orchestrator.activity import NetworkActivity
+
 __all__ = ["JobStore"]
 
 log = logging.getLogger(__name__)
 
 
 class JobStore:
-    def __init__(self, path: Path, *, retention_s: float, flush_s: float = 0.05) -> None:
+    def __init__(
+        self, path: Path, *, retention_s: float, activity: NetworkActivity, flush_s: float = 0.05
+    ) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -32,12 +37,15 @@ class JobStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created)")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs")
         self._retention_s = retention_s
+        self._activity = activity
         self._flush_s = flush_s
         self._unwritten: dict[str, tuple[float, dict[str, Any]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     def put(self, record: dict[str, Any]) -> None:
-        self._unwritten[record["job_id"]] = (time.time(), record)
+        now = time.time()
+        self._unwritten[record["job_id"]] = (now, record)
+        self._activity.job_closed(record, now)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 

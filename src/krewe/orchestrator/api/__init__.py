@@ -8,6 +8,8 @@ One concept per module:
 - openai.py: chat, completions, embeddings, models, and server-sent events;
 - jobs.py: the native jobs API;
 - operations.py: health, readiness, metrics, workers, ledger, settlements;
+- statements.py: each worker's statement of credits and payouts;
+- dashboard.py: the operator's dashboard page and its event stream;
 - openapi.py: the OpenAPI document of the routes below.
 
 The miners' WebSocket endpoint (endpoint.py) shares the port.
@@ -17,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from krewe.orchestrator.api import jobs, openai, openapi, operations
+from krewe.orchestrator.api import dashboard, jobs, openai, openapi, operations, statements
 from krewe.orchestrator.api.access import access_middleware
 from krewe.orchestrator.api.errors import ApiError, error_middleware
 from krewe.orchestrator.api.services import SERVICES, Services
@@ -25,7 +27,14 @@ from krewe.orchestrator.ratelimit import RateLimiter
 
 __all__ = ["ROUTES", "ApiError", "Services", "build_app"]
 
-ROUTES = [*openai.ROUTES, *jobs.ROUTES, *operations.ROUTES, openapi.ROUTE]
+ROUTES = [
+    *openai.ROUTES,
+    *jobs.ROUTES,
+    *operations.ROUTES,
+    *statements.ROUTES,
+    *dashboard.ROUTES,
+    openapi.ROUTE,
+]
 
 
 def build_app(services: Services) -> web.Application:
@@ -34,7 +43,7 @@ def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware(services.metrics),
-            access_middleware(frozenset(settings.api_keys), limiter),
+            access_middleware(frozenset(settings.api_keys), frozenset(settings.admin_api_keys), limiter),
         ],
         client_max_size=settings.max_body_bytes,
     )

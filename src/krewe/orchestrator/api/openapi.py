@@ -4,6 +4,7 @@ Each operation's summary is the first line of its handler's docstring, and its i
 name, so the document cannot drift from what is served.
 """
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,8 +76,9 @@ def operation(route: web.RouteDef) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
-    if "{job_id}" in route.path:
+    names = re.findall(r"\{(\w+)\}", route.path)
+    if names:
         described["parameters"] = [
-            {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
         ]
     return described

@@ -1,7 +1,7 @@
 """Operations endpoints: liveness, readiness, Prometheus metrics, and the network's state.
 
 /healthz, /readyz and /metrics are open (see access.py) for probes and scrapers; the workers,
-ledger and settlements listings take an API key like the client endpoints. Amounts of wei are
+ledger and settlements listings take an operator key when keys are configured. Amounts of wei are
 decimal strings, never JSON numbers, so no client rounds them.
 """
 
