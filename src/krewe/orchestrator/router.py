@@ -85,6 +85,7 @@ class _Running:
     closed: "asyncio.Future[None]"
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
+    record: dict[str, Any] | None = None  # the final record, once the job is closed
 
 
 class JobRouter:
@@ -165,7 +166,10 @@ class JobRouter:
         self._carry_out(running, job.start(now))
         answer = await asyncio.shield(running.caller)
         self._metrics.job_latency.observe(self._clock() - job.started)
-        decision = Decision(answer.verdict, answer.output, job.record())
+        # a job closed by now (the usual case: its credit took longer than the last answer) has its
+        # final record made already, and a closed job's record no longer changes
+        record = running.record if running.record is not None else job.record()
+        decision = Decision(answer.verdict, answer.output, record)
         if answer.verdict.outcome is Outcome.AGREED:
             return decision
         if answer.deadline_exceeded:
@@ -389,7 +393,8 @@ class JobRouter:
         verdict = job.round.verdict().outcome.value
         self._metrics.jobs.labels(verdict).inc()
         self._metrics.count_engine_verdict(job.engine, verdict)
-        self._records.put(job.record())
+        running.record = job.record()
+        self._records.put(running.record)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
