@@ -86,6 +86,8 @@ class _Running:
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
     record: dict[str, Any] | None = None  # the final record, once the job is closed
+    # an output's bytes, parsed and digested once: honest replicas send the very same bytes
+    digests: dict[bytes, tuple[Any, str]] = field(default_factory=dict)
 
 
 class JobRouter:
@@ -227,12 +229,18 @@ class JobRouter:
         if running is None:
             return None
         job, now = running.job, self._clock()
-        try:
-            output = parse_strict(bytes(message.output), max_bytes=self.settings.max_frame_bytes)
-            output_digest = digest(output)
-        except CanonicalError as error:
-            log.info("invalid output from %s for job %s: %s", session.address, job.id, error)
-            return self._carry_out(running, job.invalid(session.address, str(error), now))
+        raw = bytes(message.output)
+        known = running.digests.get(raw)
+        if known is None:
+            try:
+                output = parse_strict(raw, max_bytes=self.settings.max_frame_bytes)
+                known = (output, digest(output))
+            except CanonicalError as error:
+                log.info("invalid output from %s for job %s: %s", session.address, job.id, error)
+                return self._carry_out(running, job.invalid(session.address, str(error), now))
+            if len(running.digests) < job.round.replicas:  # bounded: a miner may send many outputs
+                running.digests[raw] = known
+        output, output_digest = known
         return self._carry_out(running, job.result(session.address, output_digest, output, now))
 
     def on_invalid(self, session: Session, job_id: str) -> str | None:
