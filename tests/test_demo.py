@@ -1,5 +1,7 @@
-"""`krewe demo --once` end to end: what it prints matches what is on chain."""
+"""`krewe demo --once` end to end: chat answers are agreed and streamed; what it prints matches what
+is on chain."""
 
+import json
 import re
 import socket
 import subprocess
@@ -32,9 +34,15 @@ def test_demo_once_prints_what_the_chain_holds() -> None:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         output = done.stdout
-        assert (
-            output.strip().splitlines()[-1].startswith("demo: OK, 6 jobs, settlement paid at batch nonce 0")
+        assert re.fullmatch(
+            r"demo: OK, 6 embedding and 3 chat jobs, settlement paid at batch nonce \d+",
+            output.strip().splitlines()[-1],
         )
+        chats = re.findall(r"^(chat|stream (\d+) chunks) (\w+) (.+)$", output, re.M)
+        assert len(chats) == 3 and chats[-1][0].startswith("stream")
+        for how, _chunks, verdict, answer in chats:
+            assert verdict == "agreed" and json.loads(answer).strip(), how
+        assert int(chats[-1][1]) >= 2
         distributor_address = re.search(r"distributor (0x[0-9a-fA-F]{40})", output)
         assert distributor_address is not None
         w3 = anvil.web3()

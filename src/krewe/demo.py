@@ -2,15 +2,18 @@
 
 A local chain (anvil) with the contracts deployed and the reward pool funded; miners registered
 and staked with anvil's development keys; an orchestrator and the miners as separate processes
-(plus `liars` miners that answer wrong on purpose); real requests through the official `openai`
-SDK; verdicts as they come; then a settlement on chain, each miner's credited balance read back
-from the contract, and one claim. Every process it starts is stopped by PID when it ends.
+(plus `liars` miners that answer wrong on purpose), serving the built-in embedding and generative
+models; real requests through the official `openai` SDK (embeddings, then chat completions, one of
+them streamed); answers and verdicts as they come; then a settlement on chain, each miner's
+credited balance read back from the contract, and one claim. Every process it starts is stopped
+by PID when it ends.
 
 The demo's settings (a 10 s settlement window, say) are passed to the processes it starts; they
 are not the product's defaults.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -35,7 +38,8 @@ from web3 import Web3
 
 from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
 from krewe.keys import SigningKey
-from krewe.miner.backends.local import MODEL_ID
+from krewe.miner.backends.e5 import E5_MODEL_ID
+from krewe.miner.backends.gemma import GEMMA_MODEL_ID
 from krewe.miner.onchain import MinerChain, format_krew
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
@@ -57,6 +61,13 @@ SENTENCES = [
     "Every settlement carries a replay nonce.",
     "Consensus uses canonical JSON and SHA-256.",
 ]
+# gemma-3-270m is a base model: it finishes sentences better than it follows instructions
+CHATS = [
+    "Finish this sentence: Honey bees are",
+    "Complete the sentence: A good network is one where",
+    "Finish this sentence: A blockchain is",
+]
+CHAT_MAX_TOKENS = 32
 
 
 class DemoError(Exception):
@@ -220,7 +231,7 @@ def _run(demo: Demo) -> None:
             "KREWE_SETTLEMENT_WINDOW_S": str(options.settlement_window_s),
             # anvil mines a block only for a transaction: the demo's last batch would never get deep
             "KREWE_SETTLEMENT_CONFIRMATIONS": "0",
-            "KREWE_MODEL_REWARDS": f"{MODEL_ID}={REWARD_WEI}",
+            "KREWE_MODEL_REWARDS": f"{E5_MODEL_ID}={REWARD_WEI},{GEMMA_MODEL_ID}={REWARD_WEI}",
             "KREWE_DATA_DIR": str(demo.workdir / "data"),
             "KREWE_HEARTBEAT_S": "5",
         },
@@ -282,7 +293,8 @@ def _run(demo: Demo) -> None:
     )
     if options.once:
         console.print(
-            f"demo: OK, {options.requests} jobs, settlement paid at batch nonce {paid['batch_nonce']}"
+            f"demo: OK, {options.requests} embedding and {len(CHATS)} chat jobs, "
+            f"settlement paid at batch nonce {paid['batch_nonce']}"
         )
         return
     _serve_until_interrupted(demo, orchestrator_url)
@@ -303,27 +315,17 @@ def _register_miners(demo: Demo, w3: Any, deployment: Deployment, rpc_url: str) 
 def _send_requests(demo: Demo, orchestrator_url: str, rows: list[MinerRow]) -> None:
     client = openai.OpenAI(base_url=orchestrator_url + "/v1", api_key="demo", max_retries=2, timeout=60)
     by_address = {row.address: row for row in rows}
-    jobs = Table(title=f"jobs ({MODEL_ID} embeddings, 3 miners each, 2 must agree)")
+    jobs = Table(title=f"jobs ({E5_MODEL_ID} embeddings, 3 miners each, 2 must agree)")
     for column in ("#", "input", "verdict", "agreed", "digest"):
         jobs.add_column(column)
     first_verdict = None
     with Live(jobs, console=demo.console, refresh_per_second=8):
         for number in range(demo.options.requests):
             text = SENTENCES[number % len(SENTENCES)]
-            response = client.embeddings.create(model=MODEL_ID, input=text, encoding_format="float")
+            response = client.embeddings.create(model=E5_MODEL_ID, input=text, encoding_format="float")
             info = (response.model_extra or {})["krewe"]
             first_verdict = first_verdict or demo.elapsed()
-            job_id = info["job_id"]
-            record = wait_for("the job record", partial(_final_record, orchestrator_url, job_id), 60, demo)
-            for answer in record["workers"]:
-                row = by_address.get(answer["worker"])
-                if row is None:
-                    continue
-                if answer["worker"] in record["agreeing"]:
-                    row.agreed += 1
-                    row.credited += int(record["credits"].get(row.address, "0"))
-                elif answer["answer"] == "result":
-                    row.disagreed += 1
+            _tally(demo, orchestrator_url, info["job_id"], by_address)
             jobs.add_row(
                 str(number + 1),
                 text,
@@ -332,7 +334,60 @@ def _send_requests(demo: Demo, orchestrator_url: str, rows: list[MinerRow]) -> N
                 info["digest"][:12],
             )
     demo.console.print()
-    demo.say(f"first verdict at {first_verdict}; {demo.options.requests} jobs done")
+    demo.say(f"first verdict at {first_verdict}; {demo.options.requests} embedding jobs done")
+    chats = Table(title=f"chat completions ({GEMMA_MODEL_ID}, greedy, 3 miners each, 2 must agree)")
+    for column in ("#", "message", "answer", "verdict", "agreed", "digest"):
+        chats.add_column(column)
+    for number, prompt in enumerate(CHATS):
+        streamed = number == len(CHATS) - 1
+        answer, info, chunks = _chat(client, prompt, stream=streamed)
+        _tally(demo, orchestrator_url, info["job_id"], by_address)
+        how = f"stream {chunks} chunks" if streamed else "chat"
+        demo.fact(f"{how} {info['verdict']} {json.dumps(answer, ensure_ascii=False)}")
+        chats.add_row(
+            str(number + 1),
+            prompt + (" (stream)" if streamed else ""),
+            answer,
+            info["verdict"],
+            f"{info['agreeing']}/{info['replicas']}",
+            info["digest"][:12],
+        )
+    demo.console.print(chats)
+
+
+def _chat(client: openai.OpenAI, prompt: str, *, stream: bool) -> tuple[str, dict[str, Any], int]:
+    """One chat completion through the SDK: (the answer, the krewe object, the chunks streamed)."""
+    request: dict[str, Any] = {
+        "model": GEMMA_MODEL_ID,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": CHAT_MAX_TOKENS,
+        "stop": ["\n"],
+    }
+    if not stream:
+        response = client.chat.completions.create(**request)
+        return response.choices[0].message.content or "", (response.model_extra or {})["krewe"], 0
+    pieces: list[str] = []
+    info: dict[str, Any] = {}
+    chunks = 0
+    for chunk in client.chat.completions.create(**request, stream=True):
+        chunks += 1
+        pieces += [choice.delta.content or "" for choice in chunk.choices]
+        info = (chunk.model_extra or {}).get("krewe", info)
+    return "".join(pieces), info, chunks
+
+
+def _tally(demo: Demo, orchestrator_url: str, job_id: str, by_address: dict[str, MinerRow]) -> None:
+    """Count each miner's agreeing and disagreeing answers and its credits, from the job's record."""
+    record = wait_for("the job record", partial(_final_record, orchestrator_url, job_id), 60, demo)
+    for answer in record["workers"]:
+        row = by_address.get(answer["worker"])
+        if row is None:
+            continue
+        if answer["worker"] in record["agreeing"]:
+            row.agreed += 1
+            row.credited += int(record["credits"].get(row.address, "0"))
+        elif answer["answer"] == "result":
+            row.disagreed += 1
 
 
 def _final_record(orchestrator_url: str, job_id: str) -> dict[str, Any] | None:
@@ -342,11 +397,19 @@ def _final_record(orchestrator_url: str, job_id: str) -> dict[str, Any] | None:
 
 
 def _wait_for_settlement(demo: Demo, orchestrator_url: str) -> dict[str, Any]:
+    """The newest paid settlement, once every credit of the demo's jobs is paid: what the chain
+    holds then is final, since the demo sends no more jobs."""
+
     def paid() -> dict[str, Any] | None:
+        ledger = requests.get(orchestrator_url + "/v1/ledger", timeout=5).json()
+        if ledger["pending"] != "0" or ledger["in_flight"] != "0":
+            return None
         recent = requests.get(orchestrator_url + "/v1/settlements", timeout=5).json()["recent"]
         return next((item for item in recent if item["outcome"] == "paid"), None)
 
-    demo.say(f"waiting for the next settlement (every {demo.options.settlement_window_s:g} s)")
+    demo.say(
+        f"waiting for the credits to be paid (a settlement every {demo.options.settlement_window_s:g} s)"
+    )
     settled: dict[str, Any] = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
     demo.say(
         f"settlement paid: batch nonce {settled['batch_nonce']}, {settled['workers']} miners, "
@@ -362,10 +425,14 @@ The network keeps running. Watch it in a browser: {orchestrator_url}/
 Try it:
 
   curl -s {orchestrator_url}/v1/embeddings -H 'Content-Type: application/json' \\
-       -d '{{"model": "{MODEL_ID}", "input": "hello"}}'
+       -d '{{"model": "{E5_MODEL_ID}", "input": "hello"}}'
+
+  curl -s {orchestrator_url}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "{GEMMA_MODEL_ID}", "max_tokens": 24,
+            "messages": [{{"role": "user", "content": "Finish this sentence: The moon is"}}]}}'
 
   python -c "import openai; c = openai.OpenAI(base_url='{orchestrator_url}/v1', api_key='x'); \\
-print(c.embeddings.create(model='{MODEL_ID}', input='hello').model_extra['krewe'])"
+print(c.embeddings.create(model='{E5_MODEL_ID}', input='hello').model_extra['krewe'])"
 
 Dashboard: {orchestrator_url}/
 Ledger:    {orchestrator_url}/v1/ledger

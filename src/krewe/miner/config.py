@@ -19,7 +19,7 @@ class MinerSettings:
     key_password_file: Path | None = setting(None, "file holding the keystore's password")
     key_password_env: str = setting("KREWE_MINER_KEY_PASSWORD", "variable holding the keystore's password")
     dev_key_env: str = setting("KREWE_MINER_DEV_KEY", "variable with a raw hex key (development chains only)")
-    backend: str = setting("local", "where answers come from: 'local' (built-in embedding model) or 'openai'")
+    backend: str = setting("local", "where answers come from: 'local' (the built-in models) or 'openai'")
     models: list[str] = setting([], "model ids to serve (empty: what the backend offers)")
     base_url: str = setting("http://127.0.0.1:11434/v1", "the OpenAI-compatible server (openai backend)")
     tasks: list[str] = setting(

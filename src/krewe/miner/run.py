@@ -8,7 +8,7 @@ import typing
 from krewe.keys import SigningKey
 from krewe.miner.agent import MinerAgent
 from krewe.miner.backends import Backend
-from krewe.miner.backends.local import LocalEmbeddingBackend
+from krewe.miner.backends.local import LocalBackend
 from krewe.miner.backends.openai_compat import OpenAICompatibleBackend
 from krewe.miner.backends.tampered import TamperedBackend
 from krewe.miner.config import MinerSettings
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 async def make_backend(settings: MinerSettings) -> Backend:
     if settings.backend == "local":
-        return LocalEmbeddingBackend()
+        return LocalBackend()
     backend = OpenAICompatibleBackend(
         settings.base_url,
         models=settings.models,

