@@ -6,7 +6,9 @@
 The decisions are all in `jobs.py`; this loop only feeds a job its events and does what comes
 back: send frames, pick replicas for a redispatch, answer the caller, credit the ledger, score,
 write the record. Commands that need no waiting run at once, in order; those that do (frames, the
-ledger) run in order in one task per event. Whatever follows a credit in that order waits for it:
+ledger) join the job's queue of I/O, which one task at a time works through in order (a task is
+started only when the job has none running, so a straggler's verdict usually rides on the task
+that is still writing the winners' credit). Whatever follows a credit in that order waits for it:
 neither the caller nor a miner hears of a credit before it is durable.
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
@@ -14,6 +16,7 @@ be written the router refuses new jobs (`503 ledger_unavailable`).
 """
 
 import asyncio
+import collections
 import logging
 import random
 import secrets
@@ -86,6 +89,8 @@ class _Running:
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
     record: dict[str, Any] | None = None  # the final record, once the job is closed
+    io: collections.deque[Command] = field(default_factory=collections.deque)  # to do, in order
+    doing_io: bool = False  # a task is working through `io`
     # an output's bytes, parsed and digested once: honest replicas send the very same bytes
     digests: dict[bytes, tuple[Any, str]] = field(default_factory=dict)
 
@@ -311,7 +316,10 @@ class JobRouter:
                 case jobs.Close():
                     self._close(running)
         if io:
-            self._spawn(self._do_io(running, io))
+            running.io += io
+            if not running.doing_io:
+                running.doing_io = True
+                self._spawn(self._do_io(running))
         return violation
 
     def _assign(self, running: _Running, workers: tuple[str, ...]) -> list[Command]:
@@ -333,32 +341,36 @@ class JobRouter:
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
-    async def _do_io(self, running: _Running, commands: list[Command]) -> None:
+    async def _do_io(self, running: _Running) -> None:
         job = running.job
-        for command in commands:
-            match command:
-                case jobs.SendJob(workers, deadline_ms):
-                    task = cast("messages.Task", job.task)
-                    frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
-                    for worker in workers:
-                        await self._send_job(running, worker, frame)
-                case jobs.SendCancel(workers):
-                    frame = messages.encode(messages.Cancel(job.id))
-                    for worker in workers:
+        try:
+            while running.io:
+                command = running.io.popleft()
+                match command:
+                    case jobs.SendJob(workers, deadline_ms):
+                        task = cast("messages.Task", job.task)
+                        frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
+                        for worker in workers:
+                            await self._send_job(running, worker, frame)
+                    case jobs.SendCancel(workers):
+                        frame = messages.encode(messages.Cancel(job.id))
+                        for worker in workers:
+                            session = running.sessions.get(worker)
+                            if session is not None:
+                                await session.channel.send(frame)
+                    case jobs.SendVerdict(worker, agreed, credit):
                         session = running.sessions.get(worker)
                         if session is not None:
-                            await session.channel.send(frame)
-                case jobs.SendVerdict(worker, agreed, credit):
-                    session = running.sessions.get(worker)
-                    if session is not None:
-                        await session.channel.send(
-                            messages.encode(messages.Verdict(job.id, agreed, str(credit)))
-                        )
-                case jobs.Credit(amounts):
-                    await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
-                case jobs.AnswerCaller():
-                    if not running.caller.done():
-                        running.caller.set_result(command)
+                            await session.channel.send(
+                                messages.encode(messages.Verdict(job.id, agreed, str(credit)))
+                            )
+                    case jobs.Credit(amounts):
+                        await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
+                    case jobs.AnswerCaller():
+                        if not running.caller.done():
+                            running.caller.set_result(command)
+        finally:
+            running.doing_io = False
 
     async def _send_job(self, running: _Running, worker: str, frame: str) -> None:
         session = running.sessions.get(worker)
