@@ -52,6 +52,7 @@ from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
 from krewe.orchestrator.score_store import ScoreStore
+from krewe.orchestrator.server import make_runner
 from krewe.orchestrator.settlement import Settler
 from krewe.settings import SettingsError
 
@@ -143,7 +144,7 @@ class Orchestrator:
             confirmations=settings.settlement_confirmations,
             on_stage=_kill_at_stage_from_env(),
         )
-        self.runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
+        self.runner = make_runner(build_app(self), settings, self.metrics)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.host, settings.port, reuse_address=True)
         await site.start()

@@ -39,6 +39,19 @@ class OrchestratorSettings:
         1_048_576, "largest WebSocket frame from a miner (larger closes with 1009)"
     )
     max_body_bytes: int = setting(1_048_576, "largest HTTP request body (larger gets 413)")
+    http_header_timeout_s: float = setting(
+        10.0,
+        "seconds a connection has to send a request's headers, from connecting or from its last "
+        "response (then it is closed; idle keep-alive connections too)",
+    )
+    http_body_timeout_s: float = setting(
+        30.0, "seconds a request's body has to arrive once its headers have (then 408)"
+    )
+    max_connections: int | None = setting(
+        None,
+        "most connections open at once, HTTP and WebSocket (more get 503 and are closed); "
+        "unset: the open-file limit less 100",
+    )
     model_rewards: dict[str, int] = setting(
         {}, "credit per agreeing miner per job by model id, in wei; a model not listed earns nothing"
     )
@@ -98,7 +111,7 @@ class OrchestratorSettings:
             "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
             "settlement_window_s", "max_batch", "receipt_timeout_s", "chain_log_range", "max_fee_gwei",
             "rate_limit_per_s", "rate_limit_burst", "job_retention_s", "shutdown_grace_s",
-            "registry_timeout_s",
+            "registry_timeout_s", "http_header_timeout_s", "http_body_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -112,6 +125,8 @@ class OrchestratorSettings:
         for name in ("redispatch_max", "registry_cache_s", "chain_from_block", "settlement_confirmations"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: cannot be negative")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise SettingsError(f"max_connections: must be positive, not {self.max_connections}")
         for name in ("min_credit_replicas", "min_credit_threshold"):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_REPLICAS:

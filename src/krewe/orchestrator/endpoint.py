@@ -11,6 +11,10 @@ is a violation (the miner is told why), and `max_violations` of them close the s
 Heartbeats are WebSocket pings sent by one loop for all sessions; a session that has not answered
 for `heartbeat_misses` intervals is closed. A second login by the same address closes the first
 session with 4409. Whenever a session ends, the router is told, so its jobs count as no-response.
+
+Only a WebSocket upgrade of version 13 (RFC 6455) is taken; any other request gets 426. Pings are
+answered before login too. Once the upgrade is sent no HTTP response can follow, so a failure of
+this module's own closes the connection with 1011 instead of reaching the error middleware.
 """
 
 import asyncio
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
@@ -44,9 +48,11 @@ from krewe.protocol.messages import (
 )
 from krewe.untrusted import untrusted
 
-__all__ = ["JobEvents", "Registry", "WorkerEndpoint"]
+__all__ = ["WEBSOCKET_VERSION", "JobEvents", "Registry", "WorkerEndpoint"]
 
 log = logging.getLogger(__name__)
+
+WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
 
 
 class Registry(Protocol):
@@ -129,6 +135,11 @@ class WorkerEndpoint:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """GET /v1/workers/connect."""
+        if request.headers.get("Sec-WebSocket-Version") != WEBSOCKET_VERSION:
+            raise web.HTTPUpgradeRequired(
+                headers={"Upgrade": "websocket", "Sec-WebSocket-Version": WEBSOCKET_VERSION},
+                text=f"connect with a WebSocket upgrade of version {WEBSOCKET_VERSION} (RFC 6455)",
+            )
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, autoping=False)
         await ws.prepare(request)
         if not self.accepting:
@@ -143,6 +154,9 @@ class WorkerEndpoint:
             self._metrics.logins.labels(refusal.code).inc()
             if not ws.closed:
                 await _Socket(ws).close(refusal.close_code, refusal.code, refusal.message)
+        except Exception:
+            log.exception("closing a miner connection with 1011 after an unexpected error")
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         finally:
             self._connections.discard(ws)
         return ws
@@ -163,7 +177,7 @@ class WorkerEndpoint:
     async def _login(self, socket: _Socket) -> Session | None:
         """Challenge, verify, welcome. None if the miner hung up; raises _RefusedError to refuse."""
         challenge = self._challenge()
-        await socket.send(encode(_challenge_frame(challenge)))
+        await socket.send(encode(Challenge.issue(challenge)))
         auth = await self._receive_auth(socket.ws)
         if auth is None:
             return None
@@ -199,7 +213,12 @@ class WorkerEndpoint:
     async def _receive_auth(self, ws: web.WebSocketResponse) -> Auth | None:
         timeout = self.settings.auth_timeout_s
         try:
-            frame = await asyncio.wait_for(ws.receive(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                frame = await ws.receive()
+                while frame.type in (WSMsgType.PING, WSMsgType.PONG):
+                    if frame.type is WSMsgType.PING:
+                        await ws.pong(frame.data)
+                    frame = await ws.receive()
         except TimeoutError:
             raise _RefusedError(
                 CloseCode.AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT, f"no auth within {timeout:g} s"
@@ -335,16 +354,3 @@ class WorkerEndpoint:
             ),
             return_exceptions=True,
         )
-
-
-def _challenge_frame(challenge: siwe.Challenge) -> Challenge:
-    return Challenge(
-        domain=challenge.domain,
-        uri=challenge.uri,
-        chain_id=challenge.chain_id,
-        nonce=challenge.nonce,
-        issued_at=siwe.format_time(challenge.issued_at),
-        expiration_time=siwe.format_time(challenge.expiration_time),
-        statement=challenge.statement,
-        version=challenge.version,
-    )

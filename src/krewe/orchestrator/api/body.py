@@ -3,11 +3,13 @@
 Every way a body can be wrong is a 4xx in the error envelope, never a 500:
 - a `Content-Length` over `max_body_bytes` is 413 at once, before any of the body is read, and a
   chunked body is 413 as soon as it passes the limit;
+- a body that has not arrived within `http_body_timeout_s` is 408;
 - nesting deeper than `MAX_DEPTH` is 400 before the body is decoded, so no deeper document
   reaches the decoder, the encoder of job frames, or a miner;
 - a field of the wrong type is 400 `invalid_field`, and a missing one 400 `missing_field`.
 """
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -38,14 +40,18 @@ INTEGER = "an integer (no fraction or exponent, within 64 bits)"
 TEXT_OR_TOKENS = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
 
 
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The request's body, a JSON object of at most `max_bytes` bytes."""
+async def read_json(request: web.Request, max_bytes: int, timeout_s: float) -> dict[str, Any]:
+    """The request's body, a JSON object of at most `max_bytes` bytes arriving within `timeout_s`."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _request_too_large(max_bytes)
     try:
-        body = await request.read()
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _request_too_large(max_bytes) from None
+    except TimeoutError:
+        message = f"the request body did not arrive within {timeout_s:g} s"
+        raise ApiError(408, "request_timeout", message) from None
     try:
         check_nesting(body)
         value = orjson.loads(body)

@@ -26,7 +26,7 @@ __all__ = ["ROUTES"]
 async def create_job(request: web.Request) -> web.StreamResponse:
     """Run a native job; returns its verdict record."""
     services = request.app[SERVICES]
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings.max_body_bytes, services.settings.http_body_timeout_s)
     model = require(body, "model", is_string, "a model id")
     task = require(body, "task", is_string, "one of chat, completion, embedding")
     job_input = require(body, "input", is_object, "a JSON object")

@@ -79,7 +79,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """OpenAI embeddings, agreed by several miners."""
     services = request.app[SERVICES]
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings.max_body_bytes, services.settings.http_body_timeout_s)
     model = require(body, "model", is_string, "a model id")
     require(body, "input", is_text_or_tokens, TEXT_OR_TOKENS)
     encoding = optional(body, "encoding_format", is_encoding, "'float' or 'base64'") or "float"
@@ -135,7 +135,7 @@ async def generate(
 ) -> Generated:
     """What chat and completions share: check the request, run the job, read the agreed answer."""
     services = request.app[SERVICES]
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings.max_body_bytes, services.settings.http_body_timeout_s)
     model = require(body, "model", is_string, "a model id")
     require(body, prompt, accepts_prompt, prompt_is)
     stream = optional(body, "stream", is_boolean, "true or false")
