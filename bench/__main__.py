@@ -5,6 +5,13 @@
 Each part starts what it measures as real processes on 127.0.0.1 (anvil, the orchestrator, the
 miners, the load generator) and stops them by PID. `--quick` is a smoke run of a few minutes at
 most, with smaller counts and shorter phases; its numbers are not the targets' measurements.
+
+The orchestrator runs as in production, paying for the benchmark's model: every agreed job credits
+its miners durably before the caller hears of it, and a settlement runs every
+`SETTLEMENT_WINDOW_S`, so each latency point (`POINT_S` long, enough for p99.9 to rest on 20 or
+more samples at 1,000 jobs/s and above) spans settlements. Around each point the benchmark reads
+/metrics, whose scrape clears the largest event-loop lag: what it reads after the point is the
+largest lag during it.
 """
 
 import argparse
@@ -12,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import tempfile
 import time
 from contextlib import ExitStack
@@ -29,16 +35,20 @@ from bench.network import Process, chain, orchestrator, python
 from krewe.devchain import free_port
 
 TARGETS = {
-    "max_jobs_per_s": 5000,
-    "krewe_over_baseline": 0.75,
-    "added_p50_ms": 1.0,
+    "krewe_over_baseline": 0.5,  # the long-term goal is 0.75
     "added_p99_ms": 5.0,
+    "added_p999_ms": 20.0,
+    "loop_lag_max_ms": 20.0,
     "rss_bytes_per_conn": 20_000,
-    "heartbeat_cpu_pct": 5.0,
+    "heartbeat_cpu_pct": 3.0,
     "first_credit": 25_000,
     "repeat_credit": 7_000,
     "max_recipients_per_tx": 500,
 }
+TARGET_RATES = (500, 1000)  # jobs/s offered at which the latency targets hold
+POINT_S = 20.0
+SETTLEMENT_WINDOW_S = 10.0
+REWARD_WEI = 1000
 
 
 def load(url: str, *args: str) -> dict[str, Any]:
@@ -68,17 +78,34 @@ def start_miners(
 def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
     miners = 30 if quick else 300
     seconds = "2" if quick else "10"
-    rates = (200, 500) if quick else (500, 2000, 5000)
+    point_s = "2" if quick else str(POINT_S)
+    rates = (200, 500) if quick else (*TARGET_RATES, 2000)
     clients = "32" if quick else "128"
     measured: dict[str, Any] = {"krewe": {}, "baseline": {}}
     with chain(miners) as (anvil, deployment), ExitStack() as stack:
         process, url = stack.enter_context(
-            orchestrator(anvil, deployment, workdir, rate_limit_per_s=10**9, rate_limit_burst=10**9)
+            orchestrator(
+                anvil,
+                deployment,
+                workdir,
+                rate_limit_per_s=10**9,
+                rate_limit_burst=10**9,
+                model_rewards=f"bench-model={REWARD_WEI}",
+                settlement_window_s=2.0 if quick else SETTLEMENT_WINDOW_S,
+                settlement_confirmations=0,  # anvil mines only on demand: no block would come
+                chain_from_block=deployment.block,
+            )
         )
         for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", miners):
             stack.callback(miner.stop)
+        before = scrape(url)
         measured["krewe"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
-        measured["krewe"]["open"] = [load(url, "--rate", str(rate), "--seconds", seconds) for rate in rates]
+        measured["krewe"]["closed"]["loop"] = loop_during(before, scrape(url))
+        measured["krewe"]["open"] = []
+        for rate in rates:
+            before = scrape(url)
+            point = load(url, "--rate", str(rate), "--seconds", point_s)
+            measured["krewe"]["open"].append(point | {"loop": loop_during(before, scrape(url))})
         process.stop()
     with ExitStack() as stack:
         port = free_port()
@@ -90,24 +117,32 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}"
         measured["baseline"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
         measured["baseline"]["open"] = [
-            load(url, "--rate", str(rate), "--seconds", seconds) for rate in rates
+            load(url, "--rate", str(rate), "--seconds", point_s) for rate in rates
         ]
     latency = []
     for ours, theirs in zip(measured["krewe"]["open"], measured["baseline"]["open"], strict=True):
         latency.append(
             {
                 "offered_jobs_per_s": ours["offered_jobs_per_s"],
+                "seconds": float(point_s),
                 "jobs_per_s": ours["jobs_per_s"],
                 "p50_ms": ours["p50_ms"],
                 "p99_ms": ours["p99_ms"],
                 "p999_ms": ours["p999_ms"],
                 "errors": ours["errors"],
+                "baseline_jobs_per_s": theirs["jobs_per_s"],
                 "baseline_p50_ms": theirs["p50_ms"],
                 "baseline_p99_ms": theirs["p99_ms"],
+                "baseline_p999_ms": theirs["p999_ms"],
                 "added_p50_ms": _minus(ours["p50_ms"], theirs["p50_ms"]),
                 "added_p99_ms": _minus(ours["p99_ms"], theirs["p99_ms"]),
+                "added_p999_ms": _minus(ours["p999_ms"], theirs["p999_ms"]),
+                **{f"loop_{name}": value for name, value in ours["loop"].items()},
             }
         )
+    at_targets = [
+        row for row in latency if row["offered_jobs_per_s"] in (TARGET_RATES if not quick else rates)
+    ]
     ours, theirs = measured["krewe"]["closed"], measured["baseline"]["closed"]
     return {
         "throughput": {
@@ -122,8 +157,48 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
             "miners": miners,
             "clients": int(clients),
             "seconds": float(seconds),
+            "loop_lag_max_ms": ours["loop"]["lag_max_ms"],
         },
         "latency": latency,
+        "loop_lag": {
+            "max_ms": max(row["loop_lag_max_ms"] for row in at_targets),
+            "over_20ms": sum(row["loop_lag_over_20ms"] for row in at_targets),
+            "samples": sum(row["loop_lag_samples"] for row in at_targets),
+            "settlements": sum(row["loop_settlements"] for row in at_targets),
+            "gc_full_passes": sum(row["loop_gc_full_passes"] for row in at_targets),
+            "offered_jobs_per_s": [row["offered_jobs_per_s"] for row in at_targets],
+        },
+    }
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of /metrics (which also clears the largest event-loop lag it reports)."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def loop_during(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The event loop between two scrapes: its largest lag, how many lags passed 20 ms, the
+    settlements that ran, and the full passes of the garbage collector."""
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    lag = "krewe_event_loop_lag_seconds"
+    samples = grew(f"{lag}_count")
+    return {
+        "lag_max_ms": round(after["krewe_event_loop_lag_max_seconds"] * 1000, 2),
+        "lag_over_20ms": int(samples - grew(f'{lag}_bucket{{le="0.02"}}')),
+        "lag_samples": int(samples),
+        "settlements": int(
+            sum(grew(name) for name in after if name.startswith("krewe_settlement_batches_total"))
+        ),
+        "gc_full_passes": int(grew('krewe_gc_passes_total{generation="2"}')),
     }
 
 
@@ -132,14 +207,12 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def connected_miners(url: str) -> int:
-    text = requests.get(url + "/metrics", timeout=30).text
-    found = re.search(r"^krewe_miners_connected (\S+)$", text, re.M)
-    return int(float(found.group(1))) if found else 0
+    return int(scrape(url).get("krewe_miners_connected", 0))
 
 
 def idle_connections(quick: bool, workdir: Path) -> dict[str, Any]:
     count = 500 if quick else 10_000
-    window_s = 5.0 if quick else 30.0
+    window_s = 5.0 if quick else 60.0  # six heartbeats and two registry re-checks
     with chain(count) as (anvil, deployment), orchestrator(anvil, deployment, workdir) as (process, url):
         time.sleep(1.0)  # let start-up allocations settle before the first reading
         before = process.rss_bytes()
@@ -194,29 +267,52 @@ def table(report: dict[str, Any]) -> Table:
     )
     for column in ("measure", "value", "target"):
         rows.add_column(column, justify="right" if column != "measure" else "left")
-    t, c, g = report["throughput"], report["connections"], report["gas"]
+    t, c, g, lag = report["throughput"], report["connections"], report["gas"], report["loop_lag"]
+    rows.add_row("max jobs/s (closed loop, 3 replicas)", f"{t['max_jobs_per_s']:,.0f}", "")
+    rows.add_row("bare fan-out baseline jobs/s, same run", f"{t['baseline_max_jobs_per_s']:,.0f}", "")
     rows.add_row(
-        "max jobs/s (closed loop, 3 replicas)",
-        f"{t['max_jobs_per_s']:,.0f}",
-        f"≥ {TARGETS['max_jobs_per_s']:,}",
+        "krewe ÷ baseline",
+        f"{t['krewe_over_baseline']}",
+        f"≥ {TARGETS['krewe_over_baseline']} (goal 0.75)",
     )
-    rows.add_row("bare fan-out baseline jobs/s", f"{t['baseline_max_jobs_per_s']:,.0f}", "")
-    rows.add_row("krewe ÷ baseline", f"{t['krewe_over_baseline']}", f"≥ {TARGETS['krewe_over_baseline']}")
     for row in report["latency"]:
         rows.add_row(
-            f"at {row['offered_jobs_per_s']:,} jobs/s offered: served/s, p50/p99/p99.9 ms",
+            f"at {row['offered_jobs_per_s']:,} jobs/s offered ({row['seconds']:g} s): "
+            "served/s, p50/p99/p99.9 ms",
             f"{row['jobs_per_s']:,.0f}, {row['p50_ms']}/{row['p99_ms']}/{row['p999_ms']}",
             "",
         )
         rows.add_row(
-            f"  added p50 / p99 ms (vs baseline {row['baseline_p50_ms']}/{row['baseline_p99_ms']})",
-            f"{row['added_p50_ms']} / {row['added_p99_ms']}",
-            "≤ 1 / ≤ 5 at 2,000",
+            "  baseline: served/s, p50/p99/p99.9 ms",
+            f"{row['baseline_jobs_per_s']:,.0f}, "
+            f"{row['baseline_p50_ms']}/{row['baseline_p99_ms']}/{row['baseline_p999_ms']}",
+            "",
         )
+        target = row["offered_jobs_per_s"] in TARGET_RATES
+        rows.add_row(
+            "  added p99 / p99.9 ms",
+            f"{row['added_p99_ms']} / {row['added_p999_ms']}",
+            f"≤ {TARGETS['added_p99_ms']:g} / ≤ {TARGETS['added_p999_ms']:g}" if target else "",
+        )
+        rows.add_row(
+            f"  max loop lag ms (settlements during: {row['loop_settlements']})",
+            f"{row['loop_lag_max_ms']}",
+            f"≤ {TARGETS['loop_lag_max_ms']:g}" if target else "",
+        )
+    rows.add_row(
+        f"max loop lag under load, at {' and '.join(map(str, lag['offered_jobs_per_s']))} jobs/s "
+        f"({lag['settlements']} settlements, {lag['over_20ms']} of {lag['samples']:,} lags > 20 ms)",
+        f"{lag['max_ms']} ms",
+        f"≤ {TARGETS['loop_lag_max_ms']:g} ms",
+    )
     rows.add_row(
         f"RSS per idle miner ({c['idle_miners']:,} connected)", f"{c['rss_bytes_per_conn']:,} B", "≤ 20,000 B"
     )
-    rows.add_row(f"heartbeat CPU ({c['window_s']} s window)", f"{c['heartbeat_cpu_pct']} %", "≤ 5 %")
+    rows.add_row(
+        f"heartbeat CPU, idle miners ({c['window_s']} s window)",
+        f"{c['heartbeat_cpu_pct']} %",
+        f"≤ {TARGETS['heartbeat_cpu_pct']:g} %",
+    )
     for item in report["canonical"]:
         rows.add_row(
             f"digest, {item['output']} output ({item['bytes']:,} B)",

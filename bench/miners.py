@@ -8,6 +8,7 @@ Prints "ready N" once N miners are connected (and, for krewe, logged in); runs u
 
 import argparse
 import asyncio
+import random
 import signal
 from typing import Any
 
@@ -19,7 +20,7 @@ import uvloop
 from bench.network import miner_key
 from krewe.keys import SigningKey
 from krewe.miner.agent import login_message
-from krewe.protocol.messages import Auth, Challenge, ModelOffer, encode
+from krewe.protocol.messages import Auth, Challenge, ErrorCode, ModelOffer, encode
 
 OUTPUT = {
     "choices": [
@@ -28,6 +29,35 @@ OUTPUT = {
     "usage": {"prompt_tokens": 5, "completion_tokens": 2},
 }
 OUTPUT_JSON = orjson.dumps(OUTPUT).decode()
+LOGIN_ATTEMPTS = 20
+
+
+async def log_in(
+    http: aiohttp.ClientSession, args: argparse.Namespace, index: int
+) -> aiohttp.ClientWebSocketResponse:
+    """Connect (and log in, for krewe), trying again after a refusal the orchestrator says is
+    passing (1013: it could not read the registry in time, as in a storm of logins on a busy
+    machine), with backoff, as the real miner agent does."""
+    delay = 0.5
+    for _ in range(LOGIN_ATTEMPTS):
+        ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
+        if args.protocol != "krewe":
+            return ws
+        key = SigningKey.from_hex(miner_key(index))
+        challenge = msgspec.convert(await ws.receive_json(timeout=60), Challenge)
+        text = login_message(challenge, key.address)
+        offer = ModelOffer(id="bench-model", tasks=["chat"], engine="bench/1")
+        auth = Auth(text, key.sign_message(text), [offer], max_concurrency=256, agent="bench/1")
+        await ws.send_str(encode(auth))
+        welcome = await ws.receive_json(timeout=60)
+        if welcome.get("type") == "welcome":
+            return ws
+        await ws.close()
+        if welcome.get("code") != ErrorCode.REGISTRY_UNAVAILABLE:
+            raise RuntimeError(f"login refused: {welcome}")
+        await asyncio.sleep(delay * (0.5 + random.random()))  # backoff with jitter before the next try
+        delay = min(delay * 2, 10.0)
+    raise RuntimeError(f"miner {index}: the registry stayed unavailable for {LOGIN_ATTEMPTS} logins")
 
 
 async def miner(
@@ -39,17 +69,7 @@ async def miner(
 ) -> None:
     protocol, idle = args.protocol, args.idle
     async with limit:
-        ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
-        if protocol == "krewe":
-            key = SigningKey.from_hex(miner_key(index))
-            challenge = msgspec.convert(await ws.receive_json(timeout=60), Challenge)
-            text = login_message(challenge, key.address)
-            offer = ModelOffer(id="bench-model", tasks=["chat"], engine="bench/1")
-            auth = Auth(text, key.sign_message(text), [offer], max_concurrency=256, agent="bench/1")
-            await ws.send_str(encode(auth))
-            welcome = await ws.receive_json(timeout=60)
-            if welcome.get("type") != "welcome":
-                raise RuntimeError(f"login refused: {welcome}")
+        ws = await log_in(http, args, index)
     await ready.put(index)
     async for message in ws:
         if message.type is not aiohttp.WSMsgType.TEXT or idle:

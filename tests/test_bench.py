@@ -26,8 +26,13 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
             "p50_ms",
             "p99_ms",
             "p999_ms",
+            "baseline_p999_ms",
             "added_p50_ms",
             "added_p99_ms",
+            "added_p999_ms",
+            "loop_lag_max_ms",
+            "loop_settlements",
         } <= set(row)
+    assert report["loop_lag"]["samples"] > 0 and report["loop_lag"]["max_ms"] >= 0
     assert {"idle_miners", "rss_bytes_per_conn", "heartbeat_cpu_pct"} <= set(report["connections"])
     assert {"first_credit", "repeat_credit", "max_recipients_per_tx"} <= set(report["gas"])

@@ -88,6 +88,7 @@ class Round:
         # digest -> members in arrival order; dict order is the order of each group's first result.
         self._groups: dict[str, list[str]] = {}
         self._closed = False
+        self._verdict: Verdict | None = None  # verdict() until the next event changes the round
         self.assign(workers)
 
     @property
@@ -117,6 +118,7 @@ class Round:
         if len(set(fresh)) != len(fresh):
             raise ValueError("a worker cannot be assigned twice")
         self._assigned.update(dict.fromkeys(fresh))
+        self._verdict = None
 
     def result(self, worker: str, digest: str) -> Ack:
         return self._record(worker, _Answer(_Kind.RESULT, digest))
@@ -134,6 +136,7 @@ class Round:
         if worker in self._answers:
             return Ack.LATE
         self._answers[worker] = _Answer(_Kind.TIMEOUT)
+        self._verdict = None
         return Ack.COUNTED
 
     def expire(self) -> None:
@@ -142,6 +145,7 @@ class Round:
             if worker not in self._answers:
                 self._answers[worker] = _Answer(_Kind.TIMEOUT)
         self._closed = True
+        self._verdict = None
 
     def _record(self, worker: str, answer: _Answer) -> Ack:
         if worker not in self._assigned:
@@ -151,6 +155,7 @@ class Round:
             self._answers[worker] = answer
             if answer.kind is _Kind.RESULT:
                 self._groups.setdefault(answer.detail, []).append(worker)
+            self._verdict = None
             return Ack.COUNTED
         if previous.kind is _Kind.TIMEOUT:
             return Ack.LATE
@@ -191,6 +196,11 @@ class Round:
         return True
 
     def verdict(self) -> Verdict:
+        if self._verdict is None:
+            self._verdict = self._tally()
+        return self._verdict
+
+    def _tally(self) -> Verdict:
         leader = self._leader()
         agreeing = tuple(self._groups[leader]) if leader is not None else ()
         results, invalid, rejected, silent = [], [], [], []

@@ -177,7 +177,7 @@ class WorkerEndpoint:
     async def _login(self, socket: _Socket) -> Session | None:
         """Challenge, verify, welcome. None if the miner hung up; raises _RefusedError to refuse."""
         challenge = self._challenge()
-        await socket.send(encode(_challenge_frame(challenge)))
+        await socket.send(encode(Challenge.issue(challenge)))
         auth = await self._receive_auth(socket.ws)
         if auth is None:
             return None
@@ -354,16 +354,3 @@ class WorkerEndpoint:
             ),
             return_exceptions=True,
         )
-
-
-def _challenge_frame(challenge: siwe.Challenge) -> Challenge:
-    return Challenge(
-        domain=challenge.domain,
-        uri=challenge.uri,
-        chain_id=challenge.chain_id,
-        nonce=challenge.nonce,
-        issued_at=siwe.format_time(challenge.issued_at),
-        expiration_time=siwe.format_time(challenge.expiration_time),
-        statement=challenge.statement,
-        version=challenge.version,
-    )

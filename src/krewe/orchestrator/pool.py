@@ -5,6 +5,9 @@ its capacity and the jobs it is working on, and the peer scores of every worker 
 after a session ends, so a reconnect does not wash a score clean). The WebSocket endpoint adds and
 removes sessions; the router assigns and releases jobs; nothing here does I/O or reads a clock.
 
+The pool keeps a `Ranking` (selection.py) of the current sessions in step with each of those
+changes, so that the router's replica selection never sorts the miners per job.
+
 A session carries a `Channel`, the endpoint's handle for sending it frames; the pool never uses it.
 """
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from krewe.orchestrator.scoring import PeerScore, ScoringConfig
+from krewe.orchestrator.selection import Ranking
 from krewe.protocol.messages import ModelOffer
 
 __all__ = ["Channel", "Session", "SessionPool"]
@@ -39,7 +43,6 @@ class Session:
     agent: str
     connected_at: float
     last_seen: float
-    rank: float = 0.0  # the peer score's rank, kept current by SessionPool.set_score
     violations: int = 0
     jobs: set[str] = field(default_factory=set)  # the jobs it is working on
     serves: frozenset[tuple[str, str]] = frozenset()  # (model, task) pairs, derived from offers
@@ -68,6 +71,8 @@ class SessionPool:
         self._sessions: dict[str, Session] = {}
         self._serving: collections.Counter[tuple[str, str]] = collections.Counter()
         self._scores: dict[str, PeerScore] = dict(scores or {})  # as stored before a restart
+        self._ranking = Ranking()
+        self._models: dict[str, tuple[str, ...]] | None = None  # model -> tasks served
 
     @property
     def sessions(self) -> Mapping[str, Session]:
@@ -77,14 +82,20 @@ class SessionPool:
     def scores(self) -> Mapping[str, PeerScore]:
         return self._scores
 
+    @property
+    def ranking(self) -> Ranking:
+        """The current sessions as replica selection reads them (only the pool changes it)."""
+        return self._ranking
+
     def add(self, session: Session) -> Session | None:
         """Add a logged-in session; returns the session of the same address it supersedes, if any."""
         previous = self._sessions.get(session.address)
         if previous is not None:
             self.remove(previous)
-        session.rank = self.score(session.address).rank(self.scoring)
         self._sessions[session.address] = session
         self._serving.update(session.serves)
+        self._models = None
+        self._rank(session)
         return previous
 
     def remove(self, session: Session) -> bool:
@@ -93,6 +104,8 @@ class SessionPool:
             return False
         del self._sessions[session.address]
         self._serving.subtract(session.serves)
+        self._models = None
+        self._ranking.remove(session.address)
         return True
 
     def update_offers(self, session: Session, offers: Iterable[ModelOffer], max_concurrency: int) -> None:
@@ -104,6 +117,8 @@ class SessionPool:
         session.max_concurrency = max_concurrency
         if current:
             self._serving.update(session.serves)
+            self._models = None
+            self._rank(session)
 
     def current(self, address: str, session_id: str) -> Session | None:
         """The session with this id, if it is still the current one of its address."""
@@ -114,28 +129,36 @@ class SessionPool:
 
     def models(self) -> dict[str, list[str]]:
         """Every model some connected miner serves, with the tasks served for it."""
-        tasks: dict[str, list[str]] = {}
-        for (model, task), count in sorted(self._serving.items()):
-            if count > 0:
-                tasks.setdefault(model, []).append(task)
-        return tasks
+        return {model: list(tasks) for model, tasks in self._served().items()}
 
     def tasks_for(self, model: str) -> list[str]:
-        return self.models().get(model, [])
+        return list(self._served().get(model, ()))
+
+    def _served(self) -> dict[str, tuple[str, ...]]:
+        if self._models is None:  # worked out again only after what is served changed
+            tasks: dict[str, tuple[str, ...]] = {}
+            for (model, task), count in sorted(self._serving.items()):
+                if count > 0:
+                    tasks[model] = (*tasks.get(model, ()), task)
+            self._models = tasks
+        return self._models
 
     def serves(self, model: str, task: str) -> bool:
         return self._serving[(model, task)] > 0
-
-    def candidates(self) -> Iterable[Session]:
-        return self._sessions.values()
 
     # Jobs in flight.
 
     def assign(self, session: Session, job_id: str) -> None:
         session.jobs.add(job_id)
+        self._load_changed(session)
 
     def release(self, session: Session, job_id: str) -> None:
         session.jobs.discard(job_id)
+        self._load_changed(session)
+
+    def _load_changed(self, session: Session) -> None:
+        if self._sessions.get(session.address) is session:
+            self._ranking.set_load(session.address, len(session.jobs))
 
     # Peer scores.
 
@@ -144,9 +167,17 @@ class SessionPool:
 
     def set_score(self, worker: str, score: PeerScore) -> None:
         self._scores[worker] = score
-        session = self._sessions.get(worker)
-        if session is not None:
-            session.rank = score.rank(self.scoring)
+        self._ranking.set_rank(worker, score.rank(self.scoring))
+
+    def _rank(self, session: Session) -> None:
+        serves = [(model, task, session.engine(model)) for model, task in session.serves]
+        self._ranking.put(
+            session.address,
+            self.score(session.address).rank(self.scoring),
+            serves,
+            in_flight=session.in_flight,
+            max_concurrency=session.max_concurrency,
+        )
 
 
 def _pairs(offers: Iterable[ModelOffer]) -> frozenset[tuple[str, str]]:

@@ -1,9 +1,12 @@
 """JobStore: every job's record (who was asked, what each answered and when, the verdict, the
 credits), kept in SQLite for `retention_s` and served by GET /v1/jobs/{id}.
 
-Records are written in batches on a thread of their own, so the event loop never waits on disk; a
-record not yet written is served from memory. Each record is also handed, as it comes, to the
-`NetworkActivity` that the operator's dashboard reads (a small summary, no copy of the record).
+Records are serialised and written in batches on a thread of their own, so the event loop neither
+waits on disk nor spends its time encoding; a record not yet written is served from memory. Each
+record is also handed, as it comes, to the `NetworkActivity` that the operator's dashboard reads
+(a small summary, no copy of the record). Records past `retention_s` are deleted in the same
+transactions, at most `SWEEP_ROWS` (or twice the batch) at a time, so that a backlog (after a long
+stop, or a shorter retention) is worked off over many writes instead of in one long transaction.
 """
 
 import asyncio
@@ -21,6 +24,8 @@ from krewe.orchestrator.activity import NetworkActivity
 __all__ = ["JobStore"]
 
 log = logging.getLogger(__name__)
+
+SWEEP_ROWS = 1000
 
 
 class JobStore:
@@ -71,14 +76,18 @@ class JobStore:
     async def flush(self) -> None:
         batch, self._unwritten = self._unwritten, {}
         if batch:
-            rows = [(job_id, created, orjson.dumps(record)) for job_id, (created, record) in batch.items()]
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, rows)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
 
-    def _write(self, rows: list[tuple[str, float, bytes]]) -> None:
+    def _write(self, batch: dict[str, tuple[float, dict[str, Any]]]) -> None:
+        rows = [(job_id, created, orjson.dumps(record)) for job_id, (created, record) in batch.items()]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", rows)
-            self._db.execute("DELETE FROM jobs WHERE created < ?", (time.time() - self._retention_s,))
+            self._db.execute(
+                "DELETE FROM jobs WHERE rowid IN"
+                " (SELECT rowid FROM jobs WHERE created < ? ORDER BY created, rowid LIMIT ?)",
+                (time.time() - self._retention_s, max(SWEEP_ROWS, 2 * len(rows))),
+            )
 
     async def close(self) -> None:
         await self.flush()

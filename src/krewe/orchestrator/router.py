@@ -6,7 +6,9 @@
 The decisions are all in `jobs.py`; this loop only feeds a job its events and does what comes
 back: send frames, pick replicas for a redispatch, answer the caller, credit the ledger, score,
 write the record. Commands that need no waiting run at once, in order; those that do (frames, the
-ledger) run in order in one task per event. Whatever follows a credit in that order waits for it:
+ledger) join the job's queue of I/O, which one task at a time works through in order (a task is
+started only when the job has none running, so a straggler's verdict usually rides on the task
+that is still writing the winners' credit). Whatever follows a credit in that order waits for it:
 neither the caller nor a miner hears of a credit before it is durable.
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
@@ -14,6 +16,7 @@ be written the router refuses new jobs (`503 ledger_unavailable`).
 """
 
 import asyncio
+import collections
 import logging
 import random
 import secrets
@@ -34,7 +37,6 @@ from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.scoring import update_score
-from krewe.orchestrator.selection import choose_engine_class, select_replicas
 from krewe.protocol import messages
 from krewe.protocol.canonical import CanonicalError, digest, parse_strict
 from krewe.protocol.messages import TASKS, Reject, Result
@@ -86,6 +88,11 @@ class _Running:
     closed: "asyncio.Future[None]"
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
+    record: dict[str, Any] | None = None  # the final record, once the job is closed
+    io: collections.deque[Command] = field(default_factory=collections.deque)  # to do, in order
+    doing_io: bool = False  # a task is working through `io`
+    # an output's bytes, parsed and digested once: honest replicas send the very same bytes
+    digests: dict[bytes, tuple[Any, str]] = field(default_factory=dict)
 
 
 class JobRouter:
@@ -137,14 +144,8 @@ class JobRouter:
         timeout_ms = settings.job_timeout_ms if timeout_ms is None else timeout_ms
         self._check(model, task, replicas, threshold, timeout_ms)
         engine = self._engine_class(model, task, replicas, threshold)
-        selection = select_replicas(
-            self._pool.candidates(),
-            model,
-            task,
-            replicas,
-            rng=self._rng,
-            tail=min(settings.tail, replicas),
-            engine=engine,
+        selection = self._pool.ranking.select(
+            model, task, replicas, rng=self._rng, tail=min(settings.tail, replicas), engine=engine
         )
         now = self._clock()
         job = Job.create(
@@ -172,7 +173,10 @@ class JobRouter:
         self._carry_out(running, job.start(now))
         answer = await asyncio.shield(running.caller)
         self._metrics.job_latency.observe(self._clock() - job.started)
-        decision = Decision(answer.verdict, answer.output, job.record())
+        # a job closed by now (the usual case: its credit took longer than the last answer) has its
+        # final record made already, and a closed job's record no longer changes
+        record = running.record if running.record is not None else job.record()
+        decision = Decision(answer.verdict, answer.output, record)
         if answer.verdict.outcome is Outcome.AGREED:
             return decision
         if answer.deadline_exceeded:
@@ -183,14 +187,14 @@ class JobRouter:
     def _engine_class(self, model: str, task: str, replicas: int, threshold: int) -> str | None:
         """The engine class the job's replicas come from (None: any, when `homogeneous` is off).
         Raises 503 when not even `threshold` miners with free capacity can take the job."""
-        candidates = self._pool.candidates()
-        found = len(select_replicas(candidates, model, task, replicas, rng=self._rng, tail=0).workers)
+        ranking = self._pool.ranking
+        found = min(ranking.available(model, task), replicas)
         if found < threshold:
             message = f"{found} miner(s) with free capacity serve {model!r} for {task}; {threshold} needed"
             raise JobError(503, "no_eligible_workers", message)
         if not self.settings.homogeneous:
             return None
-        engine = choose_engine_class(candidates, model, task, replicas, needed=threshold, rng=self._rng)
+        engine = ranking.choose_engine_class(model, task, replicas, needed=threshold, rng=self._rng)
         if engine is None:
             message = (
                 f"{found} miners with free capacity serve {model!r} for {task}, but no engine class has "
@@ -230,12 +234,18 @@ class JobRouter:
         if running is None:
             return None
         job, now = running.job, self._clock()
-        try:
-            output = parse_strict(bytes(message.output), max_bytes=self.settings.max_frame_bytes)
-            output_digest = digest(output)
-        except CanonicalError as error:
-            log.info("invalid output from %s for job %s: %s", session.address, job.id, error)
-            return self._carry_out(running, job.invalid(session.address, str(error), now))
+        raw = bytes(message.output)
+        known = running.digests.get(raw)
+        if known is None:
+            try:
+                output = parse_strict(raw, max_bytes=self.settings.max_frame_bytes)
+                known = (output, digest(output))
+            except CanonicalError as error:
+                log.info("invalid output from %s for job %s: %s", session.address, job.id, error)
+                return self._carry_out(running, job.invalid(session.address, str(error), now))
+            if len(running.digests) < job.round.replicas:  # bounded: a miner may send many outputs
+                running.digests[raw] = known
+        output, output_digest = known
         return self._carry_out(running, job.result(session.address, output_digest, output, now))
 
     def on_invalid(self, session: Session, job_id: str) -> str | None:
@@ -306,7 +316,10 @@ class JobRouter:
                 case jobs.Close():
                     self._close(running)
         if io:
-            self._spawn(self._do_io(running, io))
+            running.io += io
+            if not running.doing_io:
+                running.doing_io = True
+                self._spawn(self._do_io(running))
         return violation
 
     def _assign(self, running: _Running, workers: tuple[str, ...]) -> list[Command]:
@@ -323,44 +336,41 @@ class JobRouter:
 
     def _redispatch(self, running: _Running, count: int, exclude: frozenset[str]) -> list[Command]:
         job = running.job
-        fresh = select_replicas(
-            self._pool.candidates(),
-            job.model,
-            job.task,
-            count,
-            rng=self._rng,
-            tail=0,
-            exclude=exclude,
-            engine=job.engine,
+        fresh = self._pool.ranking.select(
+            job.model, job.task, count, rng=self._rng, tail=0, exclude=exclude, engine=job.engine
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
-    async def _do_io(self, running: _Running, commands: list[Command]) -> None:
+    async def _do_io(self, running: _Running) -> None:
         job = running.job
-        for command in commands:
-            match command:
-                case jobs.SendJob(workers, deadline_ms):
-                    task = cast("messages.Task", job.task)
-                    frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
-                    for worker in workers:
-                        await self._send_job(running, worker, frame)
-                case jobs.SendCancel(workers):
-                    frame = messages.encode(messages.Cancel(job.id))
-                    for worker in workers:
+        try:
+            while running.io:
+                command = running.io.popleft()
+                match command:
+                    case jobs.SendJob(workers, deadline_ms):
+                        task = cast("messages.Task", job.task)
+                        frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
+                        for worker in workers:
+                            await self._send_job(running, worker, frame)
+                    case jobs.SendCancel(workers):
+                        frame = messages.encode(messages.Cancel(job.id))
+                        for worker in workers:
+                            session = running.sessions.get(worker)
+                            if session is not None:
+                                await session.channel.send(frame)
+                    case jobs.SendVerdict(worker, agreed, credit):
                         session = running.sessions.get(worker)
                         if session is not None:
-                            await session.channel.send(frame)
-                case jobs.SendVerdict(worker, agreed, credit):
-                    session = running.sessions.get(worker)
-                    if session is not None:
-                        await session.channel.send(
-                            messages.encode(messages.Verdict(job.id, agreed, str(credit)))
-                        )
-                case jobs.Credit(amounts):
-                    await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
-                case jobs.AnswerCaller():
-                    if not running.caller.done():
-                        running.caller.set_result(command)
+                            await session.channel.send(
+                                messages.encode(messages.Verdict(job.id, agreed, str(credit)))
+                            )
+                    case jobs.Credit(amounts):
+                        await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
+                    case jobs.AnswerCaller():
+                        if not running.caller.done():
+                            running.caller.set_result(command)
+        finally:
+            running.doing_io = False
 
     async def _send_job(self, running: _Running, worker: str, frame: str) -> None:
         session = running.sessions.get(worker)
@@ -403,7 +413,8 @@ class JobRouter:
         verdict = job.round.verdict().outcome.value
         self._metrics.jobs.labels(verdict).inc()
         self._metrics.count_engine_verdict(job.engine, verdict)
-        self._records.put(job.record())
+        running.record = job.record()
+        self._records.put(running.record)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -13,43 +13,27 @@ being tried and no one wins every job. When one side has too few workers the oth
 the difference; when fewer workers are eligible than `replicas`, all of them are chosen and the
 shortfall is reported.
 
+Theory of operation: a `Ranking` keeps, for every (model, task, engine class) and for every
+(model, task) across classes, the workers with free capacity in rank order, and each class's free
+capacity. It is told when a worker comes, goes, changes rank or changes load, and moves only that
+worker (a binary search and one insertion per class it is in), so a job's selection costs a few
+random draws instead of a pass and a sort over every connected miner. Draws take indices into the
+ranked list, which consumes the generator exactly as drawing from the list itself would.
+
 Pure: the caller passes the random generator (seeded in tests, so draws can be audited).
 """
 
+import bisect
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-__all__ = ["Candidate", "Eligible", "Selection", "choose_engine_class", "select_replicas"]
-
-
-class Eligible(Protocol):
-    """What selection reads of a worker (a live session is one)."""
-
-    @property
-    def worker(self) -> str: ...
-
-    @property
-    def rank(self) -> float: ...
-
-    @property
-    def serves(self) -> frozenset[tuple[str, str]]: ...  # (model, task) pairs
-
-    @property
-    def in_flight(self) -> int: ...
-
-    @property
-    def max_concurrency(self) -> int: ...
-
-    def engine(self, model: str) -> str:
-        """The engine class this worker declared for `model`."""
-        ...
+__all__ = ["Candidate", "Ranking", "Selection", "choose_engine_class", "select_replicas"]
 
 
 @dataclass(slots=True)
 class Candidate:
-    """A worker as selection sees it, for callers that hold no live session."""
+    """A worker as selection sees it, for callers that hold no `Ranking` (which a pool keeps)."""
 
     worker: str
     rank: float
@@ -68,8 +52,169 @@ class Selection:
     shortfall: int  # replicas asked for but not found
 
 
+_Key = tuple[float, str]  # (-rank, worker): sorts best first, ties by worker id
+
+
+@dataclass(eq=False, slots=True)
+class _Class:
+    """The workers of one class with free capacity, best first, and their free slots in all."""
+
+    ranked: list[_Key] = field(default_factory=list)
+    free: int = 0
+
+
+@dataclass(slots=True)
+class _Member:
+    key: _Key
+    in_flight: int
+    max_concurrency: int
+    classes: tuple[_Class, ...]  # each (model, task, engine) it serves, and each (model, task)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_concurrency - self.in_flight)
+
+
+class Ranking:
+    """Every worker's place, per class, among those with free capacity (see the module's text)."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, _Member] = {}
+        self._by_engine: dict[tuple[str, str], dict[str, _Class]] = {}  # (model, task) -> engine -> class
+        self._any_engine: dict[tuple[str, str], _Class] = {}  # (model, task) -> every class together
+
+    @classmethod
+    def of(cls, candidates: Iterable[Candidate]) -> "Ranking":
+        ranking = cls()
+        for c in candidates:
+            serves = [(model, task, c.engine(model)) for model, task in c.serves]
+            ranking.put(c.worker, c.rank, serves, in_flight=c.in_flight, max_concurrency=c.max_concurrency)
+        return ranking
+
+    # What the pool tells it.
+
+    def put(
+        self,
+        worker: str,
+        rank: float,
+        serves: Iterable[tuple[str, str, str]],
+        *,
+        in_flight: int,
+        max_concurrency: int,
+    ) -> None:
+        """Add a worker, or replace what is known of it: (model, task, engine class) it serves."""
+        self.remove(worker)
+        classes: list[_Class] = []
+        for model, task, engine in sorted(set(serves)):
+            engines = self._by_engine.setdefault((model, task), {})
+            classes += [
+                engines.setdefault(engine, _Class()),
+                self._any_engine.setdefault((model, task), _Class()),
+            ]
+        member = _Member((-rank, worker), in_flight, max_concurrency, tuple(dict.fromkeys(classes)))
+        self._members[worker] = member
+        self._enter(member)
+
+    def remove(self, worker: str) -> None:
+        member = self._members.pop(worker, None)
+        if member is not None:
+            self._leave(member)
+
+    def set_rank(self, worker: str, rank: float) -> None:
+        member = self._members.get(worker)
+        if member is None or member.key[0] == -rank:
+            return
+        self._leave(member)
+        member.key = (-rank, worker)
+        self._enter(member)
+
+    def set_load(self, worker: str, in_flight: int) -> None:
+        member = self._members.get(worker)
+        if member is None or member.in_flight == in_flight:
+            return
+        if member.free and in_flight < member.max_concurrency:  # stays available: only its slots change
+            for c in member.classes:
+                c.free += member.in_flight - in_flight
+            member.in_flight = in_flight
+            return
+        self._leave(member)
+        member.in_flight = in_flight
+        self._enter(member)
+
+    def _enter(self, member: _Member) -> None:
+        if member.free:
+            for c in member.classes:
+                bisect.insort(c.ranked, member.key)
+                c.free += member.free
+
+    def _leave(self, member: _Member) -> None:
+        if member.free:
+            for c in member.classes:
+                del c.ranked[bisect.bisect_left(c.ranked, member.key)]
+                c.free -= member.free
+
+    # What a job asks of it.
+
+    def available(self, model: str, task: str) -> int:
+        """Workers with free capacity that serve `model` for `task`, in any engine class."""
+        found = self._any_engine.get((model, task))
+        return 0 if found is None else len(found.ranked)
+
+    def select(
+        self,
+        model: str,
+        task: str,
+        replicas: int,
+        *,
+        rng: random.Random,
+        tail: int = 1,
+        exclude: Collection[str] = frozenset(),
+        engine: str | None = None,
+    ) -> Selection:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
+        if not 0 <= tail <= replicas:
+            raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
+        if engine is None:
+            found = self._any_engine.get((model, task))
+        else:
+            found = self._by_engine.get((model, task), {}).get(engine)
+        ranked: Sequence[_Key] = () if found is None else found.ranked
+        if exclude:
+            ranked = [key for key in ranked if key[1] not in exclude]
+        return _draw(ranked, replicas, tail, rng)
+
+    def choose_engine_class(
+        self, model: str, task: str, replicas: int, *, needed: int, rng: random.Random
+    ) -> str | None:
+        """The engine class a job's replicas come from, or None when no class has `needed` workers."""
+        engines = self._by_engine.get((model, task), {})
+        for enough in (replicas, needed):
+            classes = sorted(engine for engine, c in engines.items() if len(c.ranked) >= enough)
+            if classes:
+                return rng.choices(classes, weights=[engines[engine].free for engine in classes])[0]
+        return None
+
+
+def _draw(ranked: Sequence[_Key], replicas: int, tail: int, rng: random.Random) -> Selection:
+    """Top half + tail from eligible workers ranked best first."""
+    count = len(ranked)
+    if count <= replicas:
+        return Selection(tuple(worker for _, worker in ranked), replicas - count)
+    half = (count + 1) // 2
+    from_rest = min(tail, count - half)
+    from_top = replicas - from_rest
+    if from_top > half:
+        from_top = half
+        from_rest = replicas - from_top
+    chosen = rng.sample(range(half), from_top) + [
+        half + i for i in rng.sample(range(count - half), from_rest)
+    ]
+    return Selection(tuple(ranked[i][1] for i in chosen), 0)
+
+
 def select_replicas(
-    candidates: Iterable[Eligible],
+    candidates: Iterable[Candidate],
     model: str,
     task: str,
     replicas: int,
@@ -79,29 +224,13 @@ def select_replicas(
     exclude: Collection[str] = frozenset(),
     engine: str | None = None,
 ) -> Selection:
-    if replicas < 1:
-        raise ValueError(f"replicas must be at least 1, not {replicas}")
-    if not 0 <= tail <= replicas:
-        raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
-    eligible = _eligible(candidates, model, task, exclude)
-    if engine is not None:
-        eligible = [c for c in eligible if c.engine(model) == engine]
-    eligible.sort(key=lambda c: (-c.rank, c.worker))
-    if len(eligible) <= replicas:
-        return Selection(tuple(c.worker for c in eligible), replicas - len(eligible))
-    half = (len(eligible) + 1) // 2
-    top, rest = eligible[:half], eligible[half:]
-    from_rest = min(tail, len(rest))
-    from_top = replicas - from_rest
-    if from_top > len(top):
-        from_top = len(top)
-        from_rest = replicas - from_top
-    chosen = rng.sample(top, from_top) + rng.sample(rest, from_rest)
-    return Selection(tuple(c.worker for c in chosen), 0)
+    """One selection among `candidates`, for callers that hold no `Ranking`."""
+    ranking = Ranking.of(candidates)
+    return ranking.select(model, task, replicas, rng=rng, tail=tail, exclude=exclude, engine=engine)
 
 
 def choose_engine_class(
-    candidates: Iterable[Eligible],
+    candidates: Iterable[Candidate],
     model: str,
     task: str,
     replicas: int,
@@ -109,25 +238,5 @@ def choose_engine_class(
     needed: int,
     rng: random.Random,
 ) -> str | None:
-    """The engine class a job's replicas come from, or None when no class has `needed` workers."""
-    free: dict[str, int] = {}
-    workers: dict[str, int] = {}
-    for c in _eligible(candidates, model, task, ()):
-        engine = c.engine(model)
-        free[engine] = free.get(engine, 0) + c.max_concurrency - c.in_flight
-        workers[engine] = workers.get(engine, 0) + 1
-    for enough in (replicas, needed):
-        classes = sorted(engine for engine, count in workers.items() if count >= enough)
-        if classes:
-            return rng.choices(classes, weights=[free[engine] for engine in classes])[0]
-    return None
-
-
-def _eligible(
-    candidates: Iterable[Eligible], model: str, task: str, exclude: Collection[str]
-) -> list[Eligible]:
-    return [
-        c
-        for c in candidates
-        if (model, task) in c.serves and c.in_flight < c.max_concurrency and c.worker not in exclude
-    ]
+    """The engine class among `candidates`, for callers that hold no `Ranking`."""
+    return Ranking.of(candidates).choose_engine_class(model, task, replicas, needed=needed, rng=rng)

@@ -1,0 +1,99 @@
+"""The event loop's own measure of its stalls, and of the garbage collector's passes.
+
+A timer is due every `interval_s`. The time between when it was due and when the loop ran it is
+the lag: whatever held the loop (a long callback, a collector pass, a call that blocks, another
+thread holding the GIL) shows as lag, whoever caused it. Every lag goes into the histogram
+`krewe_event_loop_lag_seconds`, the largest since the previous scrape into
+`krewe_event_loop_lag_max_seconds`, and a lag past `warn_s` is logged with its length. A stall of
+D seconds shows as a lag of at least D - interval_s.
+
+The cyclic garbage collector's passes are timed through `gc.callbacks`. A pass can run on any
+thread (it runs in whichever allocates when a threshold is crossed), so the callback only appends
+to a deque, which is safe across threads; the timer moves those records into the metrics, which
+are only ever touched on the loop thread.
+"""
+
+import collections
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from krewe.orchestrator.metrics import Metrics
+
+__all__ = ["LoopLagMonitor"]
+
+log = logging.getLogger(__name__)
+
+
+class _Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Loop(Protocol):
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Handle: ...
+
+
+class LoopLagMonitor:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        interval_s: float = 0.01,
+        warn_s: float = 0.1,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._warn_s = warn_s
+        self._clock = clock
+        self._loop: _Loop | None = None
+        self._timer: _Handle | None = None
+        self._due = 0.0
+        self._gc_started: float | None = None
+        self._gc_passes: collections.deque[tuple[int, float]] = collections.deque()  # (generation, s)
+
+    def start(self, loop: _Loop) -> None:
+        self._loop = loop
+        gc.callbacks.append(self._on_gc)
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = self._clock() + self._interval_s
+        self._timer = self._loop.call_later(self._interval_s, self._tick)
+
+    def _tick(self) -> None:
+        lag = max(0.0, self._clock() - self._due)
+        metrics = self._metrics
+        metrics.loop_lag.observe(lag)
+        metrics.loop_lag_max.observe(lag)
+        passes = self._gc_passes
+        collected_s = 0.0
+        while passes:
+            generation, pause = passes.popleft()
+            metrics.gc_pause.observe(pause)
+            metrics.gc_passes.labels(str(generation)).inc()
+            collected_s += pause
+        if lag > self._warn_s:
+            log.warning(
+                "the event loop stalled for %.0f ms (%.0f ms of it in the garbage collector)",
+                lag * 1000,
+                collected_s * 1000,
+            )
+        self._schedule()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = self._clock()
+        elif self._gc_started is not None:
+            self._gc_passes.append((info["generation"], self._clock() - self._gc_started))
+            self._gc_started = None
