@@ -234,7 +234,7 @@ def http_probes(routes: list[tuple[str, str]], max_body_bytes: int) -> st.Search
     @st.composite
     def encoded(draw: st.DrawFn) -> HttpProbe:
         path = draw(post_paths)
-        kinds = ["gzip garbage", "deflate garbage", "gzip bomb", "gzip valid", "unknown"]
+        kinds = ["gzip garbage", "deflate garbage", "gzip bomb", "gzip valid", "unknown encoding"]
         kind = draw(st.sampled_from(kinds))
         body, encoding, statuses, codes = b"", "gzip", DOCUMENTED, ()
         if kind in ("gzip garbage", "deflate garbage"):  # a stream cut short decodes to nothing
@@ -247,7 +247,7 @@ def http_probes(routes: list[tuple[str, str]], max_body_bytes: int) -> st.Search
         else:
             body, encoding = zlib.compress(b"{}"), draw(st.sampled_from(["compress", "x-fuzz", "identity"]))
         headers = (("Content-Encoding", encoding),)
-        return _probe(f"POST a {kind} body", request("POST", path, body, headers), statuses, *codes)
+        return _probe(f"POST a body: {kind}", request("POST", path, body, headers), statuses, *codes)
 
     @st.composite
     def too_large(draw: st.DrawFn) -> HttpProbe:
