@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from krewe.orchestrator.scoring import JobOutcome, PeerScore, ScoringConfig, update_score
-from krewe.orchestrator.selection import Candidate, choose_engine_class, select_replicas
+from krewe.orchestrator.selection import Candidate, Ranking, choose_engine_class, select_replicas
 
 MODEL = "m"
 TASK = "chat"
@@ -152,3 +152,11 @@ def test_selection_within_a_class_takes_no_one_from_another() -> None:
     for _ in range(50):
         picked = select_replicas(candidates, MODEL, TASK, 3, rng=rng, engine="B").workers
         assert len(picked) == 3 and all(worker.startswith("b") for worker in picked)
+
+
+def test_a_withdrawn_offer_leaves_nothing_behind() -> None:
+    ranking = Ranking()
+    for i in range(100):
+        ranking.put(f"w{i}", 0.5, [(f"model-{i}", TASK, "e")], in_flight=i % 2, max_concurrency=1)
+        ranking.remove(f"w{i}")
+    assert ranking._by_engine == {} and ranking._any_engine == {}  # no state kept for models nobody serves

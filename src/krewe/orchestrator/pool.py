@@ -103,7 +103,7 @@ class SessionPool:
         if self._sessions.get(session.address) is not session:
             return False
         del self._sessions[session.address]
-        self._serving.subtract(session.serves)
+        self._stop_serving(session.serves)
         self._models = None
         self._ranking.remove(session.address)
         return True
@@ -111,7 +111,7 @@ class SessionPool:
     def update_offers(self, session: Session, offers: Iterable[ModelOffer], max_concurrency: int) -> None:
         current = self._sessions.get(session.address) is session
         if current:
-            self._serving.subtract(session.serves)
+            self._stop_serving(session.serves)
         session.offers = tuple(offers)
         session.serves = _pairs(session.offers)
         session.max_concurrency = max_concurrency
@@ -171,6 +171,13 @@ class SessionPool:
             in_flight=session.in_flight,
             max_concurrency=session.max_concurrency,
         )
+
+    def _stop_serving(self, pairs: frozenset[tuple[str, str]]) -> None:
+        """Count these (model, task) pairs out, forgetting those nobody serves any more."""
+        for pair in pairs:
+            self._serving[pair] -= 1
+            if self._serving[pair] <= 0:
+                del self._serving[pair]
 
 
 def _pairs(offers: Iterable[ModelOffer]) -> frozenset[tuple[str, str]]:

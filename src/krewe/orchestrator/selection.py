@@ -59,8 +59,11 @@ _Key = tuple[float, str]  # (-rank, worker): sorts best first, ties by worker id
 class _Class:
     """The workers of one class with free capacity, best first, and their free slots in all."""
 
+    model_task: tuple[str, str]
+    engine: str | None  # None: every class of (model, task) together
     ranked: list[_Key] = field(default_factory=list)
     free: int = 0
+    members: int = 0  # busy ones too: a class with none is forgotten, so offers cannot pile up
 
 
 @dataclass(slots=True)
@@ -108,17 +111,33 @@ class Ranking:
         for model, task, engine in sorted(set(serves)):
             engines = self._by_engine.setdefault((model, task), {})
             classes += [
-                engines.setdefault(engine, _Class()),
-                self._any_engine.setdefault((model, task), _Class()),
+                engines.setdefault(engine, _Class((model, task), engine)),
+                self._any_engine.setdefault((model, task), _Class((model, task), None)),
             ]
         member = _Member((-rank, worker), in_flight, max_concurrency, tuple(dict.fromkeys(classes)))
+        for c in member.classes:
+            c.members += 1
         self._members[worker] = member
         self._enter(member)
 
     def remove(self, worker: str) -> None:
         member = self._members.pop(worker, None)
-        if member is not None:
-            self._leave(member)
+        if member is None:
+            return
+        self._leave(member)
+        for c in member.classes:
+            c.members -= 1
+            if c.members == 0:
+                self._forget(c)
+
+    def _forget(self, c: _Class) -> None:
+        if c.engine is None:
+            del self._any_engine[c.model_task]
+            return
+        engines = self._by_engine[c.model_task]
+        del engines[c.engine]
+        if not engines:
+            del self._by_engine[c.model_task]
 
     def set_rank(self, worker: str, rank: float) -> None:
         member = self._members.get(worker)
