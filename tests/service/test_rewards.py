@@ -40,6 +40,37 @@ async def test_winners_are_credited_at_the_verdict_not_when_the_last_replica_ans
     assert harness.orchestrator.router.jobs == 1  # still collecting the silent replica
 
 
+async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_straggler_in_writing(
+    harness: Harness,
+) -> None:
+    await harness.connected("honest", "honest", "honest")
+    service = harness.orchestrator.ledger
+    ledger = service._ledger  # the RewardLedger behind the service's thread
+    real_credit_many = ledger.credit_many
+    written: list[list[str]] = []
+    gates = [threading.Event(), threading.Event()]
+
+    def held(credits: list[Credit]) -> list[bool]:
+        gates[min(len(written), 1)].wait(timeout=10)  # bounded; the test fails if it runs out
+        written.append([credit.worker for credit in credits])
+        return real_credit_many(credits)
+
+    ledger.credit_many = held  # type: ignore[method-assign]
+    job = {"model": "test-model", "task": "chat", "input": {"messages": CHAT["messages"]}}
+    answer = asyncio.ensure_future(post(harness, "/v1/jobs", job))
+    router = harness.orchestrator.router
+    # all three answers are in while the winners' credit is still being written
+    await until(lambda: router.jobs == 0, what="the third answer")
+    gates[0].set()
+    status, body = await asyncio.wait_for(answer, timeout=10)
+    assert status == 200 and len(body["agreeing"]) == 2
+    assert set(body["credits"]) == set(body["agreeing"]) == set(written[0])
+    gates[1].set()
+    await until(lambda: router.idle, what="the straggler's credit")
+    reward = harness.orchestrator.settings.reward_for("test-model")
+    assert len(written) == 2 and await service.pending() == dict.fromkeys(written[0] + written[1], reward)
+
+
 async def test_a_credit_that_cannot_be_written_is_retried_and_new_jobs_wait(harness: Harness) -> None:
     honest1, honest2, honest3 = await harness.connected("honest", "honest", "honest")
     service = harness.orchestrator.ledger

@@ -71,6 +71,7 @@ def test_the_verdict_is_final_before_the_last_answer_and_winners_are_credited_th
     (answer,) = of(commands, AnswerCaller)
     assert answer.verdict.outcome is Outcome.AGREED and answer.output == OUTPUT_A
     assert not answer.deadline_exceeded
+    assert answer.record["agreeing"] == ["w1", "w2"] and answer.record["credits"] == {"w1": "7", "w2": "7"}
     assert commands[0] == Release("w2")
     assert commands[1] == Credit((("w1", REWARD), ("w2", REWARD)))  # before anyone hears of it
     assert commands[2] is answer

@@ -111,9 +111,13 @@ class AskReplicas:
 
 @dataclass(frozen=True, slots=True)
 class AnswerCaller:
+    """Answer the caller. The record is the job's as of the verdict: every worker it lists as agreeing
+    (of a creditable job) is credited by the `Credit` before this command, not a straggler after it."""
+
     verdict: Verdict
     output: Any  # the agreed output, or None
     deadline_exceeded: bool
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +342,7 @@ class Job:
         commands = self._tell(told)
         credits = [command for command in commands if isinstance(command, Credit)]
         verdicts = [command for command in commands if not isinstance(command, Credit)]
-        return [*credits, AnswerCaller(verdict, output, self.deadline_exceeded), *verdicts]
+        return [*credits, AnswerCaller(verdict, output, self.deadline_exceeded, self.record()), *verdicts]
 
     def _tell(self, workers: list[str]) -> list[Command]:
         """Credit those of `workers` who agreed (if the job is creditable), then send their verdicts."""

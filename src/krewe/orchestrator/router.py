@@ -88,7 +88,6 @@ class _Running:
     closed: "asyncio.Future[None]"
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
-    record: dict[str, Any] | None = None  # the final record, once the job is closed
     io: collections.deque[Command] = field(default_factory=collections.deque)  # to do, in order
     doing_io: bool = False  # a task is working through `io`
     # an output's bytes, parsed and digested once: honest replicas send the very same bytes
@@ -173,10 +172,7 @@ class JobRouter:
         self._carry_out(running, job.start(now))
         answer = await asyncio.shield(running.caller)
         self._metrics.job_latency.observe(self._clock() - job.started)
-        # a job closed by now (the usual case: its credit took longer than the last answer) has its
-        # final record made already, and a closed job's record no longer changes
-        record = running.record if running.record is not None else job.record()
-        decision = Decision(answer.verdict, answer.output, record)
+        decision = Decision(answer.verdict, answer.output, answer.record)
         if answer.verdict.outcome is Outcome.AGREED:
             return decision
         if answer.deadline_exceeded:
@@ -413,8 +409,7 @@ class JobRouter:
         verdict = job.round.verdict().outcome.value
         self._metrics.jobs.labels(verdict).inc()
         self._metrics.count_engine_verdict(job.engine, verdict)
-        running.record = job.record()
-        self._records.put(running.record)
+        self._records.put(job.record())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
