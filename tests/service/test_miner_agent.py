@@ -103,8 +103,9 @@ async def test_more_jobs_than_max_concurrency_are_rejected_as_busy(harness: Harn
     agents = [agent_for(harness.connect_url, i, backend, max_concurrency=1) for i in range(3)]
     async with running(*agents):
         await until(lambda: len(harness.orchestrator.pool.sessions) == 3, what="three logins")
-        for session in harness.orchestrator.pool.sessions.values():
-            session.max_concurrency = 2  # an orchestrator that overcommits a miner
+        pool = harness.orchestrator.pool
+        for session in list(pool.sessions.values()):
+            pool.update_offers(session, session.offers, 2)  # an orchestrator that overcommits a miner
         first, second = await asyncio.gather(
             post(harness, "/v1/chat/completions", CHAT), post(harness, "/v1/chat/completions", CHAT)
         )

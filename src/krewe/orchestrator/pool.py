@@ -120,13 +120,6 @@ class SessionPool:
             self._models = None
             self._rank(session)
 
-    def current(self, address: str, session_id: str) -> Session | None:
-        """The session with this id, if it is still the current one of its address."""
-        session = self._sessions.get(address)
-        return session if session is not None and session.id == session_id else None
-
-    # What connected miners serve.
-
     def models(self) -> dict[str, list[str]]:
         """Every model some connected miner serves, with the tasks served for it."""
         return {model: list(tasks) for model, tasks in self._served().items()}
