@@ -120,8 +120,11 @@ class Orchestrator:
             log_range=settings.chain_log_range,
             max_fee_gwei=settings.max_fee_gwei,
         )
-        registry = RegistryReader(
-            self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
+        self.registry = RegistryReader(
+            settings.rpc_url,
+            settings.registry_address,
+            cache_s=settings.registry_cache_s,
+            clock=time.monotonic,
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
         activity = NetworkActivity()
@@ -134,7 +137,7 @@ class Orchestrator:
             settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
         )
         self.endpoint = WorkerEndpoint(
-            settings, self.pool, self.router, registry, self.metrics, chain_id=self.chain.chain_id
+            settings, self.pool, self.router, self.registry, self.metrics, chain_id=self.chain.chain_id
         )
         self.settler = Settler(
             self.ledger,
@@ -219,6 +222,7 @@ class Orchestrator:
         await self.records.close()
         await self.scores.close()
         await self.ledger.close()
+        await self.registry.close()
         await self.chain.close()
         log.info("stopped")
 
