@@ -61,15 +61,26 @@ def load(url: str, *args: str) -> dict[str, Any]:
 
 
 def start_miners(
-    url: str, count: int, *, protocol: str = "krewe", idle: bool = False, per_process: int = 2500
+    url: str,
+    count: int,
+    workdir: Path,
+    *,
+    protocol: str = "krewe",
+    idle: bool = False,
+    per_process: int = 2500,
 ) -> list[Process]:
+    """Miner processes, `per_process` miners each, once all are connected; each logs to workdir."""
     processes = []
     for first in range(0, count, per_process):
         size = min(per_process, count - first)
         args = ["--url", url, "--first", str(first), "--count", str(size), "--protocol", protocol]
-        processes.append(Process(python("bench.miners", *args, *(["--idle"] if idle else []))))
+        log = workdir / f"miners-{protocol}-{first}.log"
+        processes.append(Process(python("bench.miners", *args, *(["--idle"] if idle else [])), log=log))
     for process in processes:
-        line = process.read_line(timeout_s=900)
+        try:
+            line = process.read_line(timeout_s=900)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error} (its log is in {workdir})") from None
         if not line.startswith("ready"):
             raise RuntimeError(f"bench miners said {line!r}")
     return processes
@@ -96,7 +107,7 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
                 chain_from_block=deployment.block,
             )
         )
-        for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", miners):
+        for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", miners, workdir):
             stack.callback(miner.stop)
         before = scrape(url)
         measured["krewe"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
@@ -112,7 +123,7 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
         baseline = Process(python("bench.baseline", "--port", str(port)))
         stack.callback(baseline.stop)
         baseline.read_line(timeout_s=60)
-        for miner in start_miners(f"ws://127.0.0.1:{port}/ws", miners, protocol="bare"):
+        for miner in start_miners(f"ws://127.0.0.1:{port}/ws", miners, workdir, protocol="bare"):
             stack.callback(miner.stop)
         url = f"http://127.0.0.1:{port}"
         measured["baseline"]["closed"] = load(url, "--closed", clients, "--seconds", seconds)
@@ -217,7 +228,9 @@ def idle_connections(quick: bool, workdir: Path) -> dict[str, Any]:
         time.sleep(1.0)  # let start-up allocations settle before the first reading
         before = process.rss_bytes()
         with ExitStack() as stack:
-            for miner in start_miners(url.replace("http", "ws") + "/v1/workers/connect", count, idle=True):
+            for miner in start_miners(
+                url.replace("http", "ws") + "/v1/workers/connect", count, workdir, idle=True
+            ):
                 stack.callback(miner.stop)
             if connected_miners(url) != count:
                 raise RuntimeError(f"{connected_miners(url)} of {count} idle miners are connected")
