@@ -76,13 +76,15 @@ def start_miners(
         args = ["--url", url, "--first", str(first), "--count", str(size), "--protocol", protocol]
         log = workdir / f"miners-{protocol}-{first}.log"
         processes.append(Process(python("bench.miners", *args, *(["--idle"] if idle else [])), log=log))
-    for process in processes:
-        try:
+    try:
+        for process in processes:
             line = process.read_line(timeout_s=900)
-        except RuntimeError as error:
-            raise RuntimeError(f"{error} (its log is in {workdir})") from None
-        if not line.startswith("ready"):
-            raise RuntimeError(f"bench miners said {line!r}")
+            if not line.startswith("ready"):
+                raise RuntimeError(f"bench miners said {line!r}")
+    except RuntimeError as error:
+        for process in processes:
+            process.stop()
+        raise RuntimeError(f"{error} (the miners' logs are in {workdir})") from None
     return processes
 
 

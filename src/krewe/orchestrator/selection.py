@@ -13,17 +13,19 @@ being tried and no one wins every job. When one side has too few workers the oth
 the difference; when fewer workers are eligible than `replicas`, all of them are chosen and the
 shortfall is reported.
 
-Theory of operation: a `Ranking` keeps, for every (model, task, engine class) and for every
-(model, task) across classes, the workers with free capacity in rank order, and each class's free
-capacity. It is told when a worker comes, goes, changes rank or changes load, and moves only that
-worker (a binary search and one insertion per class it is in), so a job's selection costs a few
-random draws instead of a pass and a sort over every connected miner. Draws take indices into the
-ranked list, which consumes the generator exactly as drawing from the list itself would.
+Theory of operation: a `Ranking` keeps, for every (model, task, engine class), the workers with
+free capacity in rank order, and the class's free capacity. It is told when a worker comes, goes,
+changes rank or changes load, and moves only that worker (a binary search and one insertion per
+class it is in), so a job's selection costs a few random draws instead of a pass and a sort over
+every connected miner. Draws take indices into the ranked list, which consumes the generator
+exactly as drawing from the list itself would. With `homogeneous` off, a job may draw from every
+class of its model: their rankings are merged for it, one pass over the eligible workers.
 
 Pure: the caller passes the random generator (seeded in tests, so draws can be audited).
 """
 
 import bisect
+import heapq
 import random
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -68,7 +70,7 @@ class _Member:
     key: _Key
     in_flight: int
     max_concurrency: int
-    classes: tuple[_Class, ...]  # each (model, task, engine) it serves, and each (model, task)
+    classes: tuple[_Class, ...]  # each (model, task, engine class) it serves
 
     @property
     def free(self) -> int:
@@ -81,7 +83,6 @@ class Ranking:
     def __init__(self) -> None:
         self._members: dict[str, _Member] = {}
         self._by_engine: dict[tuple[str, str], dict[str, _Class]] = {}  # (model, task) -> engine -> class
-        self._any_engine: dict[tuple[str, str], _Class] = {}  # (model, task) -> every class together
 
     @classmethod
     def of(cls, candidates: Iterable[Candidate]) -> "Ranking":
@@ -104,14 +105,11 @@ class Ranking:
     ) -> None:
         """Add a worker, or replace what is known of it: (model, task, engine class) it serves."""
         self.remove(worker)
-        classes: list[_Class] = []
-        for model, task, engine in sorted(set(serves)):
-            engines = self._by_engine.setdefault((model, task), {})
-            classes += [
-                engines.setdefault(engine, _Class()),
-                self._any_engine.setdefault((model, task), _Class()),
-            ]
-        member = _Member((-rank, worker), in_flight, max_concurrency, tuple(dict.fromkeys(classes)))
+        classes = tuple(
+            self._by_engine.setdefault((model, task), {}).setdefault(engine, _Class())
+            for model, task, engine in sorted(set(serves))
+        )
+        member = _Member((-rank, worker), in_flight, max_concurrency, classes)
         self._members[worker] = member
         self._enter(member)
 
@@ -157,8 +155,7 @@ class Ranking:
 
     def available(self, model: str, task: str) -> int:
         """Workers with free capacity that serve `model` for `task`, in any engine class."""
-        found = self._any_engine.get((model, task))
-        return 0 if found is None else len(found.ranked)
+        return sum(len(c.ranked) for c in self._by_engine.get((model, task), {}).values())
 
     def select(
         self,
@@ -175,11 +172,13 @@ class Ranking:
             raise ValueError(f"replicas must be at least 1, not {replicas}")
         if not 0 <= tail <= replicas:
             raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
-        if engine is None:
-            found = self._any_engine.get((model, task))
+        engines = self._by_engine.get((model, task), {})
+        ranked: Sequence[_Key]
+        if engine is None:  # any class (`homogeneous` off): one pass merging the classes' rankings
+            ranked = list(heapq.merge(*(c.ranked for c in engines.values())))
         else:
-            found = self._by_engine.get((model, task), {}).get(engine)
-        ranked: Sequence[_Key] = () if found is None else found.ranked
+            found = engines.get(engine)
+            ranked = () if found is None else found.ranked
         if exclude:
             ranked = [key for key in ranked if key[1] not in exclude]
         return _draw(ranked, replicas, tail, rng)
@@ -191,6 +190,8 @@ class Ranking:
         engines = self._by_engine.get((model, task), {})
         for enough in (replicas, needed):
             classes = sorted(engine for engine, c in engines.items() if len(c.ranked) >= enough)
+            if len(classes) == 1:  # the usual case: no draw needed
+                return classes[0]
             if classes:
                 return rng.choices(classes, weights=[engines[engine].free for engine in classes])[0]
         return None
