@@ -6,10 +6,7 @@ monitor. Once started, the process moves everything allocated so far (modules, t
 ABIs, web3) out of the garbage collector's sight (`gc.freeze`): it lives as long as the process,
 and a full collection that walked it would hold the event loop for tens of milliseconds. The
 collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to no cyclic garbage,
-and each pass only cost time. And a thread waiting for the GIL gets it within `GIL_SWITCH_S`
-instead of Python's 5 ms: the ledger's thread takes the GIL back after each of its SQLite calls,
-and at 5 ms a wait each, a commit that the caller's answer waits for took tens of milliseconds
-while the event loop was busy (docs/performance.md).
+and each pass only cost time (docs/performance.md).
 
 Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
 `shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
@@ -29,7 +26,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +61,6 @@ FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
 # one every 1,000 older ones: under load the passes at 700 found next to nothing to free and took
 # about a second in 15 (some over 20 ms each), and a full one walked every miner's session.
 GC_THRESHOLDS = (5_000, 10, 1_000)
-GIL_SWITCH_S = 0.0002
 
 
 def _kill_at_stage_from_env() -> Callable[[str, Batch], None] | None:
@@ -234,7 +229,6 @@ async def serve(settings: OrchestratorSettings) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    sys.setswitchinterval(GIL_SWITCH_S)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
