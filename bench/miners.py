@@ -35,29 +35,41 @@ LOGIN_ATTEMPTS = 20
 async def log_in(
     http: aiohttp.ClientSession, args: argparse.Namespace, index: int
 ) -> aiohttp.ClientWebSocketResponse:
-    """Connect (and log in, for krewe), trying again after a refusal the orchestrator says is
-    passing (1013: it could not read the registry in time, as in a storm of logins on a busy
-    machine), with backoff, as the real miner agent does."""
+    """Connect (and log in, for krewe). As the miner agent does, a connection that fails or closes
+    before the welcome, or a refusal the orchestrator says is passing (1013: it could not read the
+    registry in time), is tried again with backoff: a storm of logins on a busy machine has both."""
     delay = 0.5
+    last: object = None
     for _ in range(LOGIN_ATTEMPTS):
-        ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
-        if args.protocol != "krewe":
-            return ws
-        key = SigningKey.from_hex(miner_key(index))
-        challenge = msgspec.convert(await ws.receive_json(timeout=60), Challenge)
-        text = login_message(challenge, key.address)
-        offer = ModelOffer(id="bench-model", tasks=["chat"], engine="bench/1")
-        auth = Auth(text, key.sign_message(text), [offer], max_concurrency=256, agent="bench/1")
-        await ws.send_str(encode(auth))
-        welcome = await ws.receive_json(timeout=60)
-        if welcome.get("type") == "welcome":
-            return ws
-        await ws.close()
-        if welcome.get("code") != ErrorCode.REGISTRY_UNAVAILABLE:
-            raise RuntimeError(f"login refused: {welcome}")
+        try:
+            ws = await http.ws_connect(args.url, max_msg_size=0, autoping=True)
+            if args.protocol != "krewe":
+                return ws
+            welcome = await authenticate(ws, index)
+        except (aiohttp.ClientError, TimeoutError, TypeError, ValueError, msgspec.ValidationError) as error:
+            last = error  # a connection closed mid-login reads as a non-JSON message
+        else:
+            if welcome.get("type") == "welcome":
+                return ws
+            await ws.close()
+            if welcome.get("code") != ErrorCode.REGISTRY_UNAVAILABLE:
+                raise RuntimeError(f"login refused: {welcome}")
+            last = welcome
         await asyncio.sleep(delay * (0.5 + random.random()))  # backoff with jitter before the next try
         delay = min(delay * 2, 10.0)
-    raise RuntimeError(f"miner {index}: the registry stayed unavailable for {LOGIN_ATTEMPTS} logins")
+    raise RuntimeError(f"miner {index}: no login in {LOGIN_ATTEMPTS} tries; the last failed with {last}")
+
+
+async def authenticate(ws: aiohttp.ClientWebSocketResponse, index: int) -> dict[str, Any]:
+    """Answer the challenge; what the orchestrator says next (a welcome, or an error)."""
+    key = SigningKey.from_hex(miner_key(index))
+    challenge = msgspec.convert(await ws.receive_json(timeout=60), Challenge)
+    text = login_message(challenge, key.address)
+    offer = ModelOffer(id="bench-model", tasks=["chat"], engine="bench/1")
+    auth = Auth(text, key.sign_message(text), [offer], max_concurrency=256, agent="bench/1")
+    await ws.send_str(encode(auth))
+    answer: dict[str, Any] = await ws.receive_json(timeout=60)
+    return answer
 
 
 async def miner(

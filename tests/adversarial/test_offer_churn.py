@@ -5,8 +5,6 @@ orchestrator's RSS grow by a quarter; this is the cause it found.)"""
 import tracemalloc
 from typing import Any
 
-import pytest
-
 from tests.service.conftest import Harness, until
 
 OFFER_FILES = ("krewe/orchestrator/pool.py", "krewe/orchestrator/selection.py")
@@ -17,11 +15,6 @@ def allocated_in_the_pool(snapshot: tracemalloc.Snapshot) -> int:
     return sum(stat.size for stat in snapshot.filter_traces(filters).statistics("filename"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionPool keeps a zero count for every (model, task) ever offered, and its Ranking an "
-    "empty class for every (model, task, engine): memory grows with every offer a miner withdraws",
-)
 async def test_offers_a_miner_withdraws_leave_nothing_behind(harness: Harness) -> None:
     (miner,) = await harness.connected("honest")
     tracemalloc.start()

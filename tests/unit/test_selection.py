@@ -159,4 +159,4 @@ def test_a_withdrawn_offer_leaves_nothing_behind() -> None:
     for i in range(100):
         ranking.put(f"w{i}", 0.5, [(f"model-{i}", TASK, "e")], in_flight=i % 2, max_concurrency=1)
         ranking.remove(f"w{i}")
-    assert ranking._by_engine == {} and ranking._any_engine == {}  # no state kept for models nobody serves
+    assert ranking._by_engine == {}  # no state kept for models nobody serves

@@ -6,10 +6,7 @@ monitor. Once started, the process moves everything allocated so far (modules, t
 ABIs, web3) out of the garbage collector's sight (`gc.freeze`): it lives as long as the process,
 and a full collection that walked it would hold the event loop for tens of milliseconds. The
 collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to no cyclic garbage,
-and each pass only cost time. And a thread waiting for the GIL gets it within `GIL_SWITCH_S`
-instead of Python's 5 ms: the ledger's thread takes the GIL back after each of its SQLite calls,
-and at 5 ms a wait each, a commit that the caller's answer waits for took tens of milliseconds
-while the event loop was busy (docs/performance.md).
+and each pass only cost time (docs/performance.md).
 
 Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
 `shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
@@ -29,7 +26,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,11 +57,10 @@ __all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve"]
 log = logging.getLogger(__name__)
 
 FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
-# A young pass every 50,000 net allocations instead of 700, an older one every 20 of those, a full
-# one every 100 older ones: passes that found nothing to free under load, and a full one held the
-# event loop for tens of milliseconds.
-GC_THRESHOLDS = (50_000, 20, 100)
-GIL_SWITCH_S = 0.0002
+# A young pass every 5,000 net allocations instead of 700, an older one every 10 of those, a full
+# one every 1,000 older ones: under load the passes at 700 found next to nothing to free and took
+# about a second in 15 (some over 20 ms each), and a full one walked every miner's session.
+GC_THRESHOLDS = (5_000, 10, 1_000)
 
 
 def _kill_at_stage_from_env() -> Callable[[str, Batch], None] | None:
@@ -120,8 +115,11 @@ class Orchestrator:
             log_range=settings.chain_log_range,
             max_fee_gwei=settings.max_fee_gwei,
         )
-        registry = RegistryReader(
-            self.chain.w3, settings.registry_address, cache_s=settings.registry_cache_s, clock=time.monotonic
+        self.registry = RegistryReader(
+            settings.rpc_url,
+            settings.registry_address,
+            cache_s=settings.registry_cache_s,
+            clock=time.monotonic,
         )
         self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
         activity = NetworkActivity()
@@ -134,7 +132,7 @@ class Orchestrator:
             settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
         )
         self.endpoint = WorkerEndpoint(
-            settings, self.pool, self.router, registry, self.metrics, chain_id=self.chain.chain_id
+            settings, self.pool, self.router, self.registry, self.metrics, chain_id=self.chain.chain_id
         )
         self.settler = Settler(
             self.ledger,
@@ -219,6 +217,7 @@ class Orchestrator:
         await self.records.close()
         await self.scores.close()
         await self.ledger.close()
+        await self.registry.close()
         await self.chain.close()
         log.info("stopped")
 
@@ -230,7 +229,6 @@ async def serve(settings: OrchestratorSettings) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    sys.setswitchinterval(GIL_SWITCH_S)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,9 +8,15 @@ One connection's life:
 This module only moves frames. What a session serves and holds lives in the `SessionPool`; what a
 result or reject means for its job is the router's (`JobEvents`). A malformed frame after login
 is a violation (the miner is told why), and `max_violations` of them close the session with 4429.
-Heartbeats are WebSocket pings sent by one loop for all sessions; a session that has not answered
-for `heartbeat_misses` intervals is closed. A second login by the same address closes the first
-session with 4409. Whenever a session ends, the router is told, so its jobs count as no-response.
+Heartbeats are WebSocket pings sent by one timer for all sessions. Each session is pinged
+`heartbeat_s` after its login and every `heartbeat_s` after, so the pings spread over the interval
+as the logins did; the timer wakes for those due (no more often than every `HEARTBEAT_TICK_S`) and
+yields to the loop after every `HEARTBEAT_SLICE` pings, so that no pass holds it long: pinging
+10,000 sessions at once held it for 150 to 900 ms. A session that has not answered for
+`heartbeat_misses` intervals is closed when its ping is due, in the background (a close waits for
+the peer). The registry is re-read for every session each `registry_cache_s`, in batches. A second
+login by the same address closes the first session with 4409. Whenever a session ends, the router
+is told, so its jobs count as no-response.
 
 Only a WebSocket upgrade of version 13 (RFC 6455) is taken; any other request gets 426. Pings are
 answered before login too. Once the upgrade is sent no HTTP response can follow, so a failure of
@@ -18,13 +24,14 @@ this module's own closes the connection with 1011 instead of reaching the error 
 """
 
 import asyncio
+import collections
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -52,11 +59,17 @@ __all__ = ["WEBSOCKET_VERSION", "JobEvents", "Registry", "WorkerEndpoint"]
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_SLICE = 100  # pings sent before the heartbeat yields to the event loop
+HEARTBEAT_TICK_S = 0.1  # the shortest pause between two passes of the heartbeat timer
+REGISTRY_BATCH = 500  # sessions re-checked per registry read
+
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
 
 
 class Registry(Protocol):
     async def is_active(self, worker: str) -> bool: ...
+
+    async def active_many(self, workers: Iterable[str]) -> dict[str, bool]: ...
 
 
 class JobEvents(Protocol):
@@ -131,6 +144,9 @@ class WorkerEndpoint:
         self._clock = clock
         self._wall_clock = wall_clock
         self._connections: set[web.WebSocketResponse] = set()
+        self._background: set[asyncio.Task[None]] = set()  # closes under way
+        # when each session is next pinged, in that order (every session waits the same interval)
+        self._ping_due: collections.deque[tuple[float, Session]] = collections.deque()
         self.accepting = True
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -198,6 +214,7 @@ class WorkerEndpoint:
             now,
         )
         previous = self._pool.add(session)
+        self._ping_due.append((now + self.settings.heartbeat_s, session))
         self._metrics.miners.set(len(self._pool.sessions))
         if previous is not None:
             await previous.channel.close(
@@ -300,49 +317,72 @@ class WorkerEndpoint:
             await session.channel.send(encode(Error(ErrorCode.BAD_MESSAGE, reason)))
 
     async def heartbeat(self) -> None:
-        """Ping every session each heartbeat_s; close those silent for heartbeat_misses intervals."""
+        """Ping each session heartbeat_s after it logged in and every heartbeat_s after; close one
+        that has been silent for heartbeat_misses intervals when its ping is due."""
         interval = self.settings.heartbeat_s
         misses = self.settings.heartbeat_misses
+        shortest = min(HEARTBEAT_TICK_S, interval)
+        due = self._ping_due
         while True:
-            await asyncio.sleep(interval)
-            limit = self._clock() - interval * misses
-            for session in list(self._pool.sessions.values()):
+            await asyncio.sleep(max(shortest, due[0][0] - self._clock() if due else interval))
+            now = self._clock()
+            limit = now - interval * misses
+            sent = 0
+            while due and due[0][0] <= now:
+                _, session = due.popleft()
                 socket = session.channel
-                if not isinstance(socket, _Socket) or socket.ws.closed:
+                if self._pool.sessions.get(session.address) is not session or not isinstance(socket, _Socket):
+                    continue  # gone, or superseded by a newer login (which has its own place)
+                if socket.ws.closed:
                     continue
                 if session.last_seen < limit:
                     log.info("closing miner %s: no pong for %d heartbeats", session.address, misses)
-                    await socket.close(
-                        CloseCode.HEARTBEAT_TIMEOUT,
-                        ErrorCode.HEARTBEAT_TIMEOUT,
-                        f"no pong for {misses} heartbeats",
+                    message = f"no pong for {misses} heartbeats"
+                    self._in_background(
+                        socket.close(CloseCode.HEARTBEAT_TIMEOUT, ErrorCode.HEARTBEAT_TIMEOUT, message)
                     )
-                else:
-                    try:
-                        await socket.ws.ping()
-                    except (ConnectionError, RuntimeError):
-                        continue
+                    continue
+                due.append((now + interval, session))
+                try:
+                    await socket.ws.ping()
+                except (ConnectionError, RuntimeError):
+                    continue
+                sent += 1
+                if sent % HEARTBEAT_SLICE == 0:
+                    await asyncio.sleep(0)  # between slices, let the loop serve everything else
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on its own (a close waits for the peer's answer), holding it until done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def recheck_registry(self) -> None:
         """Every registry_cache_s, close the sessions of miners no longer active on chain (4403)."""
         while True:
             await asyncio.sleep(max(self.settings.registry_cache_s, 1.0))
-            for session in list(self._pool.sessions.values()):
+            sessions = list(self._pool.sessions.values())
+            for start in range(0, len(sessions), REGISTRY_BATCH):
+                batch = sessions[start : start + REGISTRY_BATCH]
                 try:
                     active = await asyncio.wait_for(
-                        self._registry.is_active(session.address), timeout=self.settings.registry_timeout_s
+                        self._registry.active_many(session.address for session in batch),
+                        timeout=self.settings.registry_timeout_s,
                     )
-                except Exception as error:  # the chain is unreachable: keep the miner until it answers
+                except Exception as error:  # the chain is unreachable: keep the miners until it answers
                     log.warning(
-                        "registry re-check of %s failed: %s", session.address, error or type(error).__name__
+                        "registry re-check of %d miners failed: %s", len(batch), error or type(error).__name__
                     )
                     continue
-                if not active and self._pool.remove(session):
-                    self._metrics.miners.set(len(self._pool.sessions))
-                    self._events.on_deregistered(session.address)
-                    message = f"{session.address} is no longer an active worker in the registry"
-                    log.info("closing miner %s: %s", session.address, message)
-                    await session.channel.close(CloseCode.NOT_REGISTERED, ErrorCode.NOT_REGISTERED, message)
+                for session in batch:
+                    if not active[session.address] and self._pool.remove(session):
+                        self._metrics.miners.set(len(self._pool.sessions))
+                        self._events.on_deregistered(session.address)
+                        message = f"{session.address} is no longer an active worker in the registry"
+                        log.info("closing miner %s: %s", session.address, message)
+                        self._in_background(
+                            session.channel.close(CloseCode.NOT_REGISTERED, ErrorCode.NOT_REGISTERED, message)
+                        )
 
     async def close_all(self) -> None:
         """Shutdown: refuse new miners, close every connection with 1001."""
@@ -354,3 +394,4 @@ class WorkerEndpoint:
             ),
             return_exceptions=True,
         )
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -13,17 +13,19 @@ being tried and no one wins every job. When one side has too few workers the oth
 the difference; when fewer workers are eligible than `replicas`, all of them are chosen and the
 shortfall is reported.
 
-Theory of operation: a `Ranking` keeps, for every (model, task, engine class) and for every
-(model, task) across classes, the workers with free capacity in rank order, and each class's free
-capacity. It is told when a worker comes, goes, changes rank or changes load, and moves only that
-worker (a binary search and one insertion per class it is in), so a job's selection costs a few
-random draws instead of a pass and a sort over every connected miner. Draws take indices into the
-ranked list, which consumes the generator exactly as drawing from the list itself would.
+Theory of operation: a `Ranking` keeps, for every (model, task, engine class), the workers with
+free capacity in rank order, and the class's free capacity. It is told when a worker comes, goes,
+changes rank or changes load, and moves only that worker (a binary search and one insertion per
+class it is in), so a job's selection costs a few random draws instead of a pass and a sort over
+every connected miner. Draws take indices into the ranked list, which consumes the generator
+exactly as drawing from the list itself would. With `homogeneous` off, a job may draw from every
+class of its model: their rankings are merged for it, one pass over the eligible workers.
 
 Pure: the caller passes the random generator (seeded in tests, so draws can be audited).
 """
 
 import bisect
+import heapq
 import random
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +62,7 @@ class _Class:
     """The workers of one class with free capacity, best first, and their free slots in all."""
 
     model_task: tuple[str, str]
-    engine: str | None  # None: every class of (model, task) together
+    engine: str
     ranked: list[_Key] = field(default_factory=list)
     free: int = 0
     members: int = 0  # busy ones too: a class with none is forgotten, so offers cannot pile up
@@ -71,7 +73,7 @@ class _Member:
     key: _Key
     in_flight: int
     max_concurrency: int
-    classes: tuple[_Class, ...]  # each (model, task, engine) it serves, and each (model, task)
+    classes: tuple[_Class, ...]  # each (model, task, engine class) it serves
 
     @property
     def free(self) -> int:
@@ -84,7 +86,6 @@ class Ranking:
     def __init__(self) -> None:
         self._members: dict[str, _Member] = {}
         self._by_engine: dict[tuple[str, str], dict[str, _Class]] = {}  # (model, task) -> engine -> class
-        self._any_engine: dict[tuple[str, str], _Class] = {}  # (model, task) -> every class together
 
     @classmethod
     def of(cls, candidates: Iterable[Candidate]) -> "Ranking":
@@ -107,15 +108,12 @@ class Ranking:
     ) -> None:
         """Add a worker, or replace what is known of it: (model, task, engine class) it serves."""
         self.remove(worker)
-        classes: list[_Class] = []
-        for model, task, engine in sorted(set(serves)):
-            engines = self._by_engine.setdefault((model, task), {})
-            classes += [
-                engines.setdefault(engine, _Class((model, task), engine)),
-                self._any_engine.setdefault((model, task), _Class((model, task), None)),
-            ]
-        member = _Member((-rank, worker), in_flight, max_concurrency, tuple(dict.fromkeys(classes)))
-        for c in member.classes:
+        classes = tuple(
+            self._by_engine.setdefault((model, task), {}).setdefault(engine, _Class((model, task), engine))
+            for model, task, engine in sorted(set(serves))
+        )
+        member = _Member((-rank, worker), in_flight, max_concurrency, classes)
+        for c in classes:
             c.members += 1
         self._members[worker] = member
         self._enter(member)
@@ -131,9 +129,6 @@ class Ranking:
                 self._forget(c)
 
     def _forget(self, c: _Class) -> None:
-        if c.engine is None:
-            del self._any_engine[c.model_task]
-            return
         engines = self._by_engine[c.model_task]
         del engines[c.engine]
         if not engines:
@@ -176,8 +171,7 @@ class Ranking:
 
     def available(self, model: str, task: str) -> int:
         """Workers with free capacity that serve `model` for `task`, in any engine class."""
-        found = self._any_engine.get((model, task))
-        return 0 if found is None else len(found.ranked)
+        return sum(len(c.ranked) for c in self._by_engine.get((model, task), {}).values())
 
     def select(
         self,
@@ -194,11 +188,13 @@ class Ranking:
             raise ValueError(f"replicas must be at least 1, not {replicas}")
         if not 0 <= tail <= replicas:
             raise ValueError(f"tail must be between 0 and replicas ({replicas}), not {tail}")
-        if engine is None:
-            found = self._any_engine.get((model, task))
+        engines = self._by_engine.get((model, task), {})
+        ranked: Sequence[_Key]
+        if engine is None:  # any class (`homogeneous` off): one pass merging the classes' rankings
+            ranked = list(heapq.merge(*(c.ranked for c in engines.values())))
         else:
-            found = self._by_engine.get((model, task), {}).get(engine)
-        ranked: Sequence[_Key] = () if found is None else found.ranked
+            found = engines.get(engine)
+            ranked = () if found is None else found.ranked
         if exclude:
             ranked = [key for key in ranked if key[1] not in exclude]
         return _draw(ranked, replicas, tail, rng)
@@ -210,6 +206,8 @@ class Ranking:
         engines = self._by_engine.get((model, task), {})
         for enough in (replicas, needed):
             classes = sorted(engine for engine, c in engines.items() if len(c.ranked) >= enough)
+            if len(classes) == 1:  # the usual case: no draw needed
+                return classes[0]
             if classes:
                 return rng.choices(classes, weights=[engines[engine].free for engine in classes])[0]
         return None
