@@ -30,13 +30,24 @@ $(CHROMIUM):
 		exit 1; \
 	fi
 
+# Several orchestrators share their state through Redis (docs/operations.md): the demo with
+# --instances N and the tests start their own redis-server. As root it is installed here.
+REDIS_SERVER ?= /usr/bin/redis-server
+$(REDIS_SERVER):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	else \
+		echo "krewe needs redis-server: sudo apt-get update && sudo apt-get install -y redis-server"; \
+		exit 1; \
+	fi
+
 $(STAMP)/node-deps: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@mkdir -p $(STAMP) && touch $@
 
 # A whole local network: chain, contracts, orchestrator, miners, requests, a payout. ARGS=--once exits
 # after the first settlement.
-demo: $(STAMP)/python-deps $(STAMP)/node-deps
+demo: $(STAMP)/python-deps $(STAMP)/node-deps $(REDIS_SERVER)
 	$(BIN)/krewe demo $(ARGS)
 
 test: lint typecheck contracts-check unit
@@ -58,10 +69,10 @@ lint: $(STAMP)/python-deps
 typecheck: $(STAMP)/python-deps
 	$(BIN)/mypy src
 
-unit: $(STAMP)/python-deps $(STAMP)/node-deps $(CHROMIUM)
+unit: $(STAMP)/python-deps $(STAMP)/node-deps $(CHROMIUM) $(REDIS_SERVER)
 	$(BIN)/pytest
 
-bench: $(STAMP)/python-deps $(STAMP)/node-deps
+bench: $(STAMP)/python-deps $(STAMP)/node-deps $(REDIS_SERVER)
 	$(BIN)/python -m bench $(ARGS)
 
 # The orchestrator SIGKILLed at every settlement stage under load, then every wei checked
