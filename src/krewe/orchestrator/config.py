@@ -90,6 +90,25 @@ class OrchestratorSettings:
         "KREWE_DEV_KEY", "environment variable with a raw hex key (development chains only)"
     )
     data_dir: Path = setting(Path("krewe-data"), "directory of the ledger and the job records (SQLite)")
+    store: str = setting(
+        "sqlite",
+        "where shared state lives: sqlite (one instance, in data_dir) or a redis://HOST:PORT/DB URL "
+        "that several instances share (docs/operations.md)",
+    )
+    instance_id: str = setting(
+        "", "this instance's name among those sharing a Redis store (empty: HOST:PORT)"
+    )
+    redis_allow_volatile: bool = setting(
+        False,
+        "run the ledger on a Redis without appendonly yes and appendfsync always, which can lose "
+        "acknowledged credits in a crash (tests only)",
+    )
+    redis_min_replicas: int = setting(
+        0, "Redis replicas each ledger write must reach (WAIT) before it is acknowledged"
+    )
+    settlement_lease_s: float = setting(
+        10.0, "seconds a settler's lease lasts unrenewed; another instance takes over within twice that"
+    )
     job_retention_s: float = setting(86_400.0, "seconds job records are kept")
     api_keys: list[str] = setting(
         [], "client API keys (Bearer); empty: the API is open (loopback use only)", secret=True
@@ -111,7 +130,7 @@ class OrchestratorSettings:
             "heartbeat_misses", "auth_timeout_s", "max_violations", "max_frame_bytes", "max_body_bytes",
             "settlement_window_s", "max_batch", "receipt_timeout_s", "chain_log_range", "max_fee_gwei",
             "rate_limit_per_s", "rate_limit_burst", "job_retention_s", "shutdown_grace_s",
-            "registry_timeout_s", "http_header_timeout_s", "http_body_timeout_s",
+            "registry_timeout_s", "http_header_timeout_s", "http_body_timeout_s", "settlement_lease_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -122,7 +141,12 @@ class OrchestratorSettings:
             raise SettingsError(f"threshold: {self.threshold} is more than replicas ({self.replicas})")
         if not 0 <= self.tail <= self.replicas:
             raise SettingsError(f"tail: must be between 0 and replicas ({self.replicas}), not {self.tail}")
-        for name in ("redispatch_max", "registry_cache_s", "chain_from_block", "settlement_confirmations"):
+        if self.store != "sqlite" and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"store: {self.store!r} is neither sqlite nor a redis:// URL")
+        for name in (
+            "redispatch_max", "registry_cache_s", "chain_from_block", "settlement_confirmations",
+            "redis_min_replicas",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name}: cannot be negative")
         if self.max_connections is not None and self.max_connections < 1:
@@ -139,6 +163,15 @@ class OrchestratorSettings:
             value = getattr(self, name)
             if value and not (value.startswith("0x") and len(value) == 42):
                 raise SettingsError(f"{name}: {value!r} is not a 0x-prefixed 20-byte address")
+
+    @property
+    def shared(self) -> bool:
+        """State lives in Redis, shared with other instances."""
+        return self.store != "sqlite"
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or f"{self.host}:{self.port}"
 
     @property
     def connect_url(self) -> str:
