@@ -37,6 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.nonces import UsedNonces
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.protocol import siwe
 from krewe.protocol.messages import (
@@ -132,6 +133,7 @@ class WorkerEndpoint:
         metrics: Metrics,
         *,
         chain_id: int,
+        nonces: UsedNonces,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -141,6 +143,7 @@ class WorkerEndpoint:
         self._registry = registry
         self._metrics = metrics
         self._chain_id = chain_id
+        self._nonces = nonces
         self._clock = clock
         self._wall_clock = wall_clock
         self._connections: set[web.WebSocketResponse] = set()
@@ -201,6 +204,8 @@ class WorkerEndpoint:
             signer = siwe.verify(auth.message, auth.signature, expected=challenge, now=self._wall_clock())
         except siwe.SiweError as error:
             raise _auth_failed(str(error)) from None
+        if not await self._nonces.use(challenge.nonce):
+            raise _auth_failed(f"the nonce {challenge.nonce} was already used")
         await self._check_registered(signer)
         now = self._clock()
         session = Session(
