@@ -2,8 +2,9 @@
 
 One connection's life:
 
-    connect -> challenge sent -> auth within auth_timeout_s -> EIP-4361 message, signature, expiry
-    and registry checked -> welcome -> frames until close
+    connect -> challenge sent -> auth within auth_timeout_s -> EIP-4361 message, signature, expiry,
+    nonce unused (`UsedNonces`, shared by every instance on one Redis) and registry checked ->
+    welcome -> frames until close
 
 This module only moves frames. What a session serves and holds lives in the `SessionPool`; what a
 result or reject means for its job is the router's (`JobEvents`). A malformed frame after login
