@@ -16,8 +16,9 @@ yields to the loop after every `HEARTBEAT_SLICE` pings, so that no pass holds it
 10,000 sessions at once held it for 150 to 900 ms. A session that has not answered for
 `heartbeat_misses` intervals is closed when its ping is due, in the background (a close waits for
 the peer). The registry is re-read for every session each `registry_cache_s`, in batches. A second
-login by the same address closes the first session with 4409. Whenever a session ends, the router
-is told, so its jobs count as no-response.
+login by the same address closes the first session with 4409; with a shared store, a `Presence`
+hears of each login, so that a session of the address on another instance is closed too. Whenever
+a session ends, the router is told, so its jobs count as no-response.
 
 Only a WebSocket upgrade of version 13 (RFC 6455) is taken; any other request gets 426. Pings are
 answered before login too. Once the upgrade is sent no HTTP response can follow, so a failure of
@@ -57,7 +58,7 @@ from krewe.protocol.messages import (
 )
 from krewe.untrusted import untrusted
 
-__all__ = ["WEBSOCKET_VERSION", "JobEvents", "Registry", "WorkerEndpoint"]
+__all__ = ["WEBSOCKET_VERSION", "JobEvents", "Presence", "Registry", "WorkerEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class JobEvents(Protocol):
     def on_session_closed(self, session: Session) -> None: ...
 
     def on_deregistered(self, worker: str) -> None: ...
+
+
+class Presence(Protocol):
+    """The other instances sharing the store (network.py), told of each login here."""
+
+    async def logged_in(self, session: Session) -> None: ...
 
 
 class _Socket:
@@ -137,9 +144,11 @@ class WorkerEndpoint:
         nonces: UsedNonces,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self._pool = pool
+        self._presence = presence
         self._events = events
         self._registry = registry
         self._metrics = metrics
@@ -226,6 +235,8 @@ class WorkerEndpoint:
             await previous.channel.close(
                 CloseCode.SUPERSEDED, ErrorCode.SUPERSEDED, "logged in again elsewhere"
             )
+        if self._presence is not None:
+            await self._presence.logged_in(session)
         self._metrics.logins.labels("ok").inc()
         heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
         await socket.send(encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes)))

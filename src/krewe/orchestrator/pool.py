@@ -9,6 +9,11 @@ The pool keeps a `Ranking` (selection.py) of the current sessions in step with e
 changes, so that the router's replica selection never sorts the miners per job.
 
 A session carries a `Channel`, the endpoint's handle for sending it frames; the pool never uses it.
+
+With several instances sharing one Redis (network.py), the pool also holds the miners connected to
+the other instances as remote sessions: `remote` names the instance holding the connection, the
+channel relays frames there, and `elsewhere` counts the jobs that instance last reported on the
+miner beyond this instance's own, so that selection sees the miner's load across the network.
 """
 
 import collections
@@ -46,6 +51,8 @@ class Session:
     violations: int = 0
     jobs: set[str] = field(default_factory=set)  # the jobs it is working on
     serves: frozenset[tuple[str, str]] = frozenset()  # (model, task) pairs, derived from offers
+    remote: str = ""  # the instance holding the miner's connection; "" for this one
+    elsewhere: int = 0  # jobs on it that other instances sent, as its holder last reported
 
     def __post_init__(self) -> None:
         self.serves = _pairs(self.offers)
@@ -56,7 +63,7 @@ class Session:
 
     @property
     def in_flight(self) -> int:
-        return len(self.jobs)
+        return len(self.jobs) + self.elsewhere
 
     def engine(self, model: str) -> str:
         """The engine class declared for `model` ("" when the miner named none)."""
@@ -149,9 +156,14 @@ class SessionPool:
         session.jobs.discard(job_id)
         self._load_changed(session)
 
+    def set_elsewhere(self, session: Session, jobs: int) -> None:
+        """A remote session's jobs from other instances, as its holder last reported them."""
+        session.elsewhere = jobs
+        self._load_changed(session)
+
     def _load_changed(self, session: Session) -> None:
         if self._sessions.get(session.address) is session:
-            self._ranking.set_load(session.address, len(session.jobs))
+            self._ranking.set_load(session.address, session.in_flight)
 
     # Peer scores.
 
