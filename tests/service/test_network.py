@@ -185,6 +185,22 @@ async def test_the_load_of_a_remote_miner_is_its_holders_last_report(instances: 
     assert b.pool.ranking.available("test-model", "chat") == 0  # full: b selects it no more
 
 
+async def test_new_offers_of_a_remote_miner_reach_the_other_instance_with_its_next_refresh(
+    instances: Any,
+) -> None:
+    a, b = await instances("a"), await instances("b")
+    session = await a.login()
+    await until(lambda: b.remote() is not None, what="the miner on b")
+    offers = (ModelOffer(id="other-model", tasks=["completion"], engine="scripted/2"),)
+    a.pool.update_offers(session, offers, 6)  # a status frame
+    await a.network.refresh()
+    await b.network.refresh()
+    remote = b.remote()
+    assert remote is not None and (remote.offers, remote.max_concurrency) == (offers, 6)
+    assert b.pool.models() == {"other-model": ["completion"]}
+    assert b.router.events("closed") == []  # the same session, updated in place
+
+
 async def test_presence_expires_when_its_instance_stops_refreshing(instances: Any, redis_url: str) -> None:
     a, b = await instances("a", ttl_s=0.5, refresh_s=0.25), await instances("b")
     await a.login()

@@ -375,10 +375,11 @@ class WorkerEndpoint:
         task.add_done_callback(self._background.discard)
 
     async def recheck_registry(self) -> None:
-        """Every registry_cache_s, close the sessions of miners no longer active on chain (4403)."""
+        """Every registry_cache_s, close the sessions of miners no longer active on chain (4403).
+        Only those connected here: each instance checks its own."""
         while True:
             await asyncio.sleep(max(self.settings.registry_cache_s, 1.0))
-            sessions = list(self._pool.sessions.values())
+            sessions = [session for session in self._pool.sessions.values() if not session.remote]
             for start in range(0, len(sessions), REGISTRY_BATCH):
                 batch = sessions[start : start + REGISTRY_BATCH]
                 try:

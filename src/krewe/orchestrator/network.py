@@ -185,6 +185,7 @@ class SessionNetwork:
         self._refresh_script = client.register_script(_REFRESH)
         self._delete_if = client.register_script(_DELETE_IF)
         self._view: dict[str, dict[str, MinerPresence]] = {}  # other instance -> address -> record
+        self._heard_while_reading: list[Notice] | None = None  # applied again to what was read
         self._remote: dict[str, Session] = {}  # address -> the remote session made for it
         self._since_ms: dict[str, int] = {}  # local session id -> its login time
         # (job id, address) -> a job another instance sent a miner held here (a job goes to several)
@@ -215,11 +216,6 @@ class SessionNetwork:
             ttl_s=settings.heartbeat_s * (settings.heartbeat_misses + 1),
             refresh_s=settings.heartbeat_s,
         )
-
-    @property
-    def view(self) -> dict[str, dict[str, MinerPresence]]:
-        """The other instances' miners as last read or announced."""
-        return self._view
 
     # Life cycle.
 
@@ -357,16 +353,21 @@ class SessionNetwork:
                     _holder_value(self.instance, session.id),
                 ]
             await self._refresh_script(keys=keys, args=args)
-        names = await self._client.smembers(INSTANCES_KEY)
-        instances = sorted(name for name in (_text(raw) for raw in names) if name != self.instance)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name in instances:
-                pipe.hgetall(_presence_key(name))
-            found = await pipe.execute()
+        self._heard_while_reading = []
+        try:
+            names = await self._client.smembers(INSTANCES_KEY)
+            instances = sorted(name for name in (_text(raw) for raw in names) if name != self.instance)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in instances:
+                    pipe.hgetall(_presence_key(name))
+                found = await pipe.execute()
+        finally:
+            heard, self._heard_while_reading = self._heard_while_reading, None
         view: dict[str, dict[str, MinerPresence]] = {}
+        gone = []
         for name, fields in zip(instances, found, strict=True):
             if not fields:  # expired or empty: it is added again when it publishes a miner
-                await self._client.srem(INSTANCES_KEY, name)
+                gone.append(name)
                 continue
             view[name] = miners = {}
             for raw in fields.values():
@@ -377,9 +378,13 @@ class SessionNetwork:
                     continue
                 miners[record.address] = record
         self._view = view
+        for notice in heard:  # the read may have missed what they announce
+            self._apply(notice)
         addresses = {address for miners in view.values() for address in miners} | set(self._remote)
         for address in sorted(addresses):
             self._settle(address)
+        if gone:
+            await self._client.srem(INSTANCES_KEY, *gone)
 
     def _settle(self, address: str) -> None:
         """Make the pool's remote session for `address` match the view."""
@@ -472,12 +477,17 @@ class SessionNetwork:
     def _on_notice(self, notice: Notice) -> None:
         if notice.instance == self.instance:
             return
+        if self._heard_while_reading is not None:
+            self._heard_while_reading.append(notice)
+        self._apply(notice)
+        self._settle(notice.miner.address)
+
+    def _apply(self, notice: Notice) -> None:
         record, miners = notice.miner, self._view.setdefault(notice.instance, {})
         if notice.kind == "up":
             miners[record.address] = record
         elif (known := miners.get(record.address)) is not None and known.session == record.session:
             del miners[record.address]
-        self._settle(record.address)
 
     def _local(self, address: str, session_id: str) -> Session | None:
         session = self._pool.sessions.get(address)
