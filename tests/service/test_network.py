@@ -155,6 +155,7 @@ async def test_a_login_appears_on_the_other_instance_and_a_close_takes_it_away(i
     )
     assert b.pool.ranking.available("test-model", "chat") == 1
     assert b.pool.models() == {"test-model": ["chat", "embedding"]}
+    assert (a.pool.connected_here, b.pool.connected_here) == (1, 0)  # each counts its own
 
     a.close(session)
     await until(lambda: b.remote() is None, what="the miner gone from b")
@@ -363,6 +364,30 @@ async def test_a_job_at_one_orchestrator_runs_on_miners_connected_to_another(
     await until(lambda: all(miner.messages("verdict") for miner in miners), what="every verdict relayed")
     assert {miner.messages("verdict")[0]["agreed"] for miner in miners} == {True}
     await until(lambda: all(session.in_flight == 0 for session in b.orchestrator.pool.sessions.values()))
+
+    await b.orchestrator.stop()  # its miners are closed, and leave a's pool with it
+    await until(lambda: not a.orchestrator.pool.sessions, what="b's miners gone from a")
+    status, body = await post(a, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
+    assert (status, body["error"]["code"]) == (404, "model_not_found")
+
+
+async def test_a_remote_miners_reject_redispatches_the_job_to_a_miner_of_either_instance(
+    make_harness: Any, redis_url: str
+) -> None:
+    a: Harness = await make_harness(store=redis_url, instance_id="a", replicas=2, threshold=2, seed=1)
+    b: Harness = await make_harness(store=redis_url, instance_id="b", replicas=2, threshold=2)
+    local = await a.miner(0).__aenter__()
+    rejecting, honest = await b.miner(1, "reject").__aenter__(), await b.miner(2).__aenter__()
+    for miner in (local, rejecting, honest):
+        assert (await miner.connect())["type"] == "welcome"
+    await until(lambda: len(a.orchestrator.pool.sessions) == 3, what="a to see b's miners")
+
+    status, body = await post(a, "/v1/jobs", {"model": "test-model", "task": "chat", "input": CHAT})
+    assert status == 200 and body["verdict"] == "agreed", repr(body)
+    assert sorted(body["agreeing"]) == sorted([local.address, honest.address])
+    answers = {worker["worker"]: worker["answer"] for worker in body["workers"]}
+    assert answers[rejecting.address] == "rejected"  # seed 1 draws it, and another replaces it
+    assert rejecting.jobs == [body["job_id"]]
 
 
 async def test_a_miner_logging_in_at_another_orchestrator_closes_its_first_session_with_4409(

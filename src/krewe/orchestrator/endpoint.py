@@ -230,7 +230,7 @@ class WorkerEndpoint:
         )
         previous = self._pool.add(session)
         self._ping_due.append((now + self.settings.heartbeat_s, session))
-        self._metrics.miners.set(len(self._pool.sessions))
+        self._metrics.miners.set(self._pool.connected_here)
         if previous is not None:
             await previous.channel.close(
                 CloseCode.SUPERSEDED, ErrorCode.SUPERSEDED, "logged in again elsewhere"
@@ -296,7 +296,7 @@ class WorkerEndpoint:
                     break
         finally:
             if self._pool.remove(session):
-                self._metrics.miners.set(len(self._pool.sessions))
+                self._metrics.miners.set(self._pool.connected_here)
             self._events.on_session_closed(session)
 
     async def _dispatch(self, session: Session, frame: bytes) -> None:
@@ -394,7 +394,7 @@ class WorkerEndpoint:
                     continue
                 for session in batch:
                     if not active[session.address] and self._pool.remove(session):
-                        self._metrics.miners.set(len(self._pool.sessions))
+                        self._metrics.miners.set(self._pool.connected_here)
                         self._events.on_deregistered(session.address)
                         message = f"{session.address} is no longer an active worker in the registry"
                         log.info("closing miner %s: %s", session.address, message)

@@ -76,6 +76,7 @@ class SessionPool:
     ) -> None:
         self.scoring = scoring or ScoringConfig()
         self._sessions: dict[str, Session] = {}
+        self._connected_here = 0  # sessions that are not remote
         self._serving: collections.Counter[tuple[str, str]] = collections.Counter()
         self._scores: dict[str, PeerScore] = dict(scores or {})  # as stored before a restart
         self._ranking = Ranking()
@@ -84,6 +85,11 @@ class SessionPool:
     @property
     def sessions(self) -> Mapping[str, Session]:
         return self._sessions
+
+    @property
+    def connected_here(self) -> int:
+        """Sessions whose miner is connected to this instance."""
+        return self._connected_here
 
     @property
     def scores(self) -> Mapping[str, PeerScore]:
@@ -100,6 +106,8 @@ class SessionPool:
         if previous is not None:
             self.remove(previous)
         self._sessions[session.address] = session
+        if not session.remote:
+            self._connected_here += 1
         self._serving.update(session.serves)
         self._models = None
         self._rank(session)
@@ -110,6 +118,8 @@ class SessionPool:
         if self._sessions.get(session.address) is not session:
             return False
         del self._sessions[session.address]
+        if not session.remote:
+            self._connected_here -= 1
         self._stop_serving(session.serves)
         self._models = None
         self._ranking.remove(session.address)
