@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Literal, cast, get_args
 
 import msgspec
 import redis.asyncio as redis
@@ -44,6 +44,7 @@ from krewe.orchestrator.endpoint import JobEvents
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.orchestrator.presence import (
     Envelope,
+    EnvelopeKind,
     MinerPresence,
     Notice,
     PresenceError,
@@ -146,8 +147,8 @@ class _RelayChannel:
         self._address = address
         self._session_id = session_id
 
-    def _envelope(self, kind: str, **fields: Any) -> Envelope:
-        return Envelope(kind, self._network.instance, self._address, self._session_id, **fields)  # type: ignore[arg-type]
+    def _envelope(self, kind: EnvelopeKind, **fields: Any) -> Envelope:
+        return Envelope(kind, self._network.instance, self._address, self._session_id, **fields)
 
     async def send(self, frame: str) -> bool:
         return await self._network.relay(self._instance, self._envelope("frame"), frame.encode())
@@ -283,8 +284,8 @@ class SessionNetwork:
             self._since_ms.get(session.id, 0),
         )
 
-    async def _notify(self, kind: str, session: Session) -> None:
-        notice = Notice(kind, self.instance, self._record(session))  # type: ignore[arg-type]
+    async def _notify(self, kind: Literal["up", "down"], session: Session) -> None:
+        notice = Notice(kind, self.instance, self._record(session))
         await self._client.publish(PRESENCE_CHANNEL, encode(notice))
 
     async def logged_in(self, session: Session) -> None:
@@ -447,9 +448,15 @@ class SessionNetwork:
         return receivers > 0
 
     def _answer(
-        self, origin: str, session: Session, kind: str, job_id: str, payload: bytes = b"", **fields: Any
+        self,
+        origin: str,
+        session: Session,
+        kind: EnvelopeKind,
+        job_id: str,
+        payload: bytes = b"",
+        **fields: Any,
     ) -> None:
-        envelope = Envelope(kind, self.instance, session.address, session.id, job_id=job_id, **fields)  # type: ignore[arg-type]
+        envelope = Envelope(kind, self.instance, session.address, session.id, job_id=job_id, **fields)
         self._spawn(self.relay(origin, envelope, payload))
 
     async def _listen(self, pubsub: PubSub) -> None:
@@ -563,8 +570,10 @@ class SessionNetwork:
         elif envelope.kind == "invalid":
             violation = self._events.on_invalid(session, envelope.job_id)
         else:
-            reason = envelope.reason if envelope.reason in get_args(RejectReason) else "internal"
-            violation = self._events.on_reject(session, Reject(envelope.job_id, reason))  # type: ignore[arg-type]
+            # the holder decoded the miner's reason; one this version does not know is "internal"
+            known = envelope.reason in get_args(RejectReason)
+            reason = cast(RejectReason, envelope.reason if known else "internal")
+            violation = self._events.on_reject(session, Reject(envelope.job_id, reason))
         if violation is not None:
             self._answer(envelope.origin, session, "violation", envelope.job_id, reason=violation)
 

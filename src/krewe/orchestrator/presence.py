@@ -20,6 +20,7 @@ from krewe.protocol.messages import ModelOffer
 
 __all__ = [
     "Envelope",
+    "EnvelopeKind",
     "MinerPresence",
     "Notice",
     "PresenceError",
