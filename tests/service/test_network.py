@@ -16,6 +16,7 @@ import redis.asyncio
 from krewe.orchestrator.network import SessionNetwork
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.protocol.messages import Cancel, CloseCode, Job, ModelOffer, Reject, Result, encode
+from krewe.settings import SettingsError
 from tests.service.conftest import Harness, until
 from tests.service.test_jobs import CHAT, post
 
@@ -215,6 +216,22 @@ async def test_presence_expires_when_its_instance_stops_refreshing(instances: An
     await b.network.refresh()
     assert b.remote() is None
     assert [session.remote for session, _ in b.router.events("closed")] == ["a"]
+
+
+async def test_a_second_instance_of_the_same_name_is_refused_until_the_first_stops(
+    instances: Any, redis_url: str
+) -> None:
+    first = await instances("a")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        twin = SessionNetwork(client, "a", SessionPool(), FakeRouter(), ttl_s=30, refresh_s=10)
+        with pytest.raises(SettingsError, match="another instance sharing the store is named 'a'"):
+            await twin.start()
+        await first.network.stop()
+        await twin.start()
+        await twin.stop()
+    finally:
+        await client.aclose()
 
 
 # Supersede.

@@ -1,6 +1,10 @@
 """The miners of every instance sharing one Redis, as one network (docs/operations.md,
 "Cross-instance routing").
 
+Names: an instance holds its name (`krewe:instance:<instance>`, a random token with the presence
+TTL) while it runs, so that a second instance of the same name, whose writes would undo the first
+one's, is refused at start.
+
 Presence: each instance keeps, in the hash `krewe:presence:<instance>`, one `MinerPresence` per
 miner connected to it, rewritten whole every `refresh_s` (with the load of each miner) and expiring
 `ttl_s` after the last rewrite, so the miners of an instance that died vanish with it. A login and
@@ -29,6 +33,7 @@ about a job another instance sent goes back there; everything else goes to the r
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -99,6 +104,16 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return #KEYS - 2
 """
 
+# Take or keep this instance's name: set it to our token for the TTL unless another token holds it.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 # Delete a key only if it still holds the given value (a holder key a newer login has not taken).
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -110,6 +125,10 @@ return 0
 
 def _presence_key(instance: str) -> str:
     return f"krewe:presence:{instance}"
+
+
+def _name_key(instance: str) -> str:
+    return f"krewe:instance:{instance}"
 
 
 def _holder_key(address: str) -> str:
@@ -185,6 +204,8 @@ class SessionNetwork:
         self._wall_clock = wall_clock
         self._refresh_script = client.register_script(_REFRESH)
         self._delete_if = client.register_script(_DELETE_IF)
+        self._claim = client.register_script(_CLAIM)
+        self._token = secrets.token_hex(16)  # tells this instance from another of the same name
         self._view: dict[str, dict[str, MinerPresence]] = {}  # other instance -> address -> record
         self._heard_while_reading: list[Notice] | None = None  # applied again to what was read
         self._remote: dict[str, Session] = {}  # address -> the remote session made for it
@@ -205,10 +226,6 @@ class SessionNetwork:
         """This instance's part, through `client` (the instance's, to the Redis of `settings.store`).
         A miner's presence outlives one missed refresh, and expires a heartbeat after the endpoint
         would have closed it unheard."""
-        if not settings.instance_id and settings.port == 0:
-            raise SettingsError(
-                "instance_id: required with a shared store when the port is 0 (chosen freely)"
-            )
         return cls(
             client,
             settings.instance,
@@ -225,6 +242,12 @@ class SessionNetwork:
         publish and read presence once. `violation` holds a relayed job's violation against a
         local miner (the endpoint's)."""
         self._violation = violation
+        if not await self._claim_name():
+            raise SettingsError(
+                f"instance_id: another instance sharing the store is named {self.instance!r}; give "
+                "each its own name (a crashed one's name is free again within "
+                f"{self._ttl_ms / 1000:g} s)"
+            )
         self._pubsub = pubsub = self._client.pubsub()
         channels = (_relay_channel(self.instance), PRESENCE_CHANNEL)
         await pubsub.subscribe(*channels)
@@ -258,6 +281,7 @@ class SessionNetwork:
         local = self._local_sessions()
         with contextlib.suppress(RedisError):
             async with self._writes:
+                await self._delete_if(keys=[_name_key(self.instance)], args=[self._token])
                 await self._client.delete(_presence_key(self.instance))
                 await self._client.srem(INSTANCES_KEY, self.instance)
                 for session in local:
@@ -340,8 +364,18 @@ class SessionNetwork:
         except RedisError as error:  # the next refresh leaves it out
             log.warning("withdrawing %s failed: %s", session.address, error)
 
+    async def _claim_name(self) -> bool:
+        return bool(await self._claim(keys=[_name_key(self.instance)], args=[self._token, self._ttl_ms]))
+
     async def refresh(self) -> None:
         """Publish every local miner (its load included), then read the other instances' miners."""
+        if await self._claim_name():
+            await self._publish()
+        else:  # writing would undo the other's presence, and it ours
+            log.error("another instance sharing the store took the name %r: not publishing", self.instance)
+        await self._read()
+
+    async def _publish(self) -> None:
         async with self._writes:
             local = self._local_sessions()
             keys = [_presence_key(self.instance), INSTANCES_KEY]
@@ -354,6 +388,8 @@ class SessionNetwork:
                     _holder_value(self.instance, session.id),
                 ]
             await self._refresh_script(keys=keys, args=args)
+
+    async def _read(self) -> None:
         self._heard_while_reading = []
         try:
             names = await self._client.smembers(INSTANCES_KEY)
