@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SLICE = 100  # pings sent before the heartbeat yields to the event loop
 HEARTBEAT_TICK_S = 0.1  # the shortest pause between two passes of the heartbeat timer
+ENDED_BEFORE_SWEEP = 64  # ended sessions the ping queue may hold before it is swept of them
 REGISTRY_BATCH = 500  # sessions re-checked per registry read
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
@@ -160,6 +161,7 @@ class WorkerEndpoint:
         self._background: set[asyncio.Task[None]] = set()  # closes under way
         # when each session is next pinged, in that order (every session waits the same interval)
         self._ping_due: collections.deque[tuple[float, Session]] = collections.deque()
+        self._ended = 0  # sessions ended since `_ping_due` last dropped its ended ones
         self.accepting = True
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -298,6 +300,20 @@ class WorkerEndpoint:
             if self._pool.remove(session):
                 self._metrics.miners.set(self._pool.connected_here)
             self._events.on_session_closed(session)
+            self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        """Drop ended sessions from the ping queue once they could make up half of it: a session
+        waits there up to heartbeat_s, and miners that log in and leave again and again would
+        otherwise keep thousands of closed sockets alive (amortised, one pass per many ends)."""
+        self._ended += 1
+        due = self._ping_due
+        if self._ended > max(ENDED_BEFORE_SWEEP, len(due) // 2):
+            current = self._pool.sessions
+            live = [(at, session) for at, session in due if current.get(session.address) is session]
+            due.clear()
+            due.extend(live)
+            self._ended = 0
 
     async def _dispatch(self, session: Session, frame: bytes) -> None:
         try:
