@@ -5,12 +5,12 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from krewe.orchestrator.ledger import RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.redis_ledger import RedisLedger
-from pathlib import Path
 
 Ledger = RewardLedger | RedisLedger
 
