@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 from aiohttp import web
 
 from krewe.keys import SigningKey
@@ -41,11 +42,13 @@ from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.endpoint import WorkerEndpoint
+from krewe.orchestrator.lease import SettlementLease
 from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.looplag import LoopLagMonitor
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.redis_ledger import RedisLedger, check_durability
 from krewe.orchestrator.router import JobRouter
 from krewe.orchestrator.score_store import ScoreStore
 from krewe.orchestrator.server import make_runner
@@ -121,7 +124,7 @@ class Orchestrator:
             cache_s=settings.registry_cache_s,
             clock=time.monotonic,
         )
-        self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
+        self.ledger = LedgerService(self._open_ledger(data_dir))
         activity = NetworkActivity()
         self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s, activity=activity)
         self.dashboard = DashboardFeed(self, activity)
@@ -154,8 +157,39 @@ class Orchestrator:
             loop.create_task(self._settle_every_window()),
             loop.create_task(self.dashboard.run()),
         ]
+        if self.lease is not None:
+            self._tasks.append(loop.create_task(self._keep_lease()))
         self.loop_lag.start(loop)
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
+
+    def _open_ledger(self, data_dir: Path) -> RewardLedger | RedisLedger:
+        """The SQLite ledger in data_dir; or, with a Redis store, the shared ledger, settled only
+        by the instance holding the settlement lease."""
+        settings = self.settings
+        self.lease: SettlementLease | None = None
+        if not settings.shared:
+            return RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db"))
+        client = redis.Redis.from_url(settings.store)
+        check_durability(client, allow_volatile=settings.redis_allow_volatile)
+        self.lease = SettlementLease(client, settings.instance, lease_s=settings.settlement_lease_s)
+        self.shared_ledger = RedisLedger(client, min_replicas=settings.redis_min_replicas)
+        return self.shared_ledger
+
+    async def _keep_lease(self) -> None:
+        """Renew the settlement lease (or take it when free) three times per lease length."""
+        while not self._stop.is_set():
+            await self._renew_lease()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.settlement_lease_s / 3)
+
+    async def _renew_lease(self) -> None:
+        assert self.lease is not None
+        try:
+            token = await asyncio.to_thread(self.lease.keep)
+        except redis.RedisError as error:
+            log.warning("cannot renew the settlement lease: %s", error)
+            token = None
+        self.shared_ledger.hold(token)
 
     async def _settle_every_window(self) -> None:
         while not self._stop.is_set():
@@ -165,7 +199,13 @@ class Orchestrator:
                 await self.settle()
 
     async def settle(self) -> None:
-        """One settlement window; its results are kept for GET /v1/settlements and metrics."""
+        """One settlement window; its results are kept for GET /v1/settlements and metrics. With
+        a Redis store, only the instance holding the settlement lease settles."""
+        if self.lease is not None:
+            await self._renew_lease()
+            if self.lease.token is None:
+                log.debug("settlement left to %s, which holds the lease", self.lease.holder())
+                return
         try:
             results = await self.settler.settle_once()
         except Exception:
@@ -213,6 +253,8 @@ class Orchestrator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.loop_lag.stop()
         await self.settle()
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)
         await self.runner.cleanup()
         await self.records.close()
         await self.scores.close()

@@ -38,7 +38,7 @@ that many replicas have it, or raises.
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
@@ -184,7 +184,8 @@ redis.call('DEL', p .. 'pending')
 return batches
 """
 
-# ARGV: prefix, token, batch id, 'paid' or 'reverted', at_ms.
+# ARGV: prefix, token, batch id, 'paid' or 'reverted', at_ms. Returns the batch's workers,
+# amounts and send record.
 _SETTLE = """
 local id, state = ARGV[3], ARGV[4]
 local key, refusal = open_batch(id, ARGV[2])
@@ -205,15 +206,15 @@ else
 end
 redis.call('HSET', key, 'state', state)
 redis.call('ZREM', p .. 'open', id)
-return 1
+return redis.call('HMGET', key, 'workers', 'amounts', 'send')
 """
 
-# ARGV: prefix, token, batch id, send record as JSON.
+# ARGV: prefix, token, batch id, send record as JSON. Returns the batch's workers and amounts.
 _RECORD_SEND = """
 local key, refusal = open_batch(ARGV[3], ARGV[2])
 if refusal then return redis.error_reply('LEDGER ' .. refusal) end
 redis.call('HSET', key, 'send', ARGV[4])
-return 1
+return redis.call('HMGET', key, 'workers', 'amounts')
 """
 
 # ARGV: prefix, then workers. Returns credited, paid, the number of open batches, the number of
@@ -350,28 +351,20 @@ class RedisLedger:
 
     def commit(self, batch_id: int) -> Batch:
         """The batch was paid on chain."""
-        batch = self._open_batch(batch_id)
-        self._run(self._settle, self._fence, batch_id, BatchState.PAID.value, self._now_ms())
-        return Batch(batch.id, batch.workers, batch.amounts, BatchState.PAID, batch.send)
+        return self._settled(batch_id, BatchState.PAID)
 
     def revert(self, batch_id: int) -> Batch:
         """The batch surely was not paid: its credits go back to pending."""
-        batch = self._open_batch(batch_id)
-        self._run(self._settle, self._fence, batch_id, BatchState.REVERTED.value, self._now_ms())
-        return Batch(batch.id, batch.workers, batch.amounts, BatchState.REVERTED, batch.send)
+        return self._settled(batch_id, BatchState.REVERTED)
 
     def record_send(self, batch_id: int, record: SendRecord) -> Batch:
         """Durably attach what settlement signed for an open batch, before it is broadcast."""
-        batch = self._open_batch(batch_id)
-        self._run(self._record_send, self._fence, batch_id, record.to_json())
-        return Batch(batch.id, batch.workers, batch.amounts, BatchState.OPEN, record)
+        workers, amounts = self._run(self._record_send, self._fence, batch_id, record.to_json())
+        return replace(_batch(batch_id, workers, amounts, None), send=record)
 
-    def _open_batch(self, batch_id: int) -> Batch:
-        """The batch as frozen; the scripts check again, atomically, that it is still open."""
-        for batch in self.open_batches():
-            if batch.id == batch_id:
-                return batch
-        raise LedgerError(f"batch {batch_id} is not open (unknown, or already paid or reverted)")
+    def _settled(self, batch_id: int, state: BatchState) -> Batch:
+        workers, amounts, send = self._run(self._settle, self._fence, batch_id, state.value, self._now_ms())
+        return replace(_batch(batch_id, workers, amounts, send), state=state)
 
     def _read(self, workers: Sequence[str] = ()) -> "_View":
         found = self._run(self._view, *workers, write=False)
