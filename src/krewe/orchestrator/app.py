@@ -8,9 +8,13 @@ and a full collection that walked it would hold the event loop for tens of milli
 collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to no cyclic garbage,
 and each pass only cost time (docs/performance.md).
 
+With a Redis store (`store = redis://...`) the ledger is the one every instance shares, the
+server's durability is checked first, and settlement runs only in the instance that holds the
+settlement lease, renewed three times per `settlement_lease_s` (docs/settlement.md).
+
 Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
-`shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
-ledger and the records.
+`shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, give the
+settlement lease up, close the ledger and the records.
 
 Fault injection, for crash tests only (`python -m bench.chaos`): with the environment variable
 KREWE_FAULT_KILL_AT set to a settlement stage (snapshot, recorded, sent, mined, replaced), the
@@ -90,6 +94,7 @@ class Orchestrator:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.port = settings.port
+        self.lease: SettlementLease | None = None  # with a Redis store: settle only while held
 
     @property
     def stopped(self) -> bool:
@@ -166,7 +171,6 @@ class Orchestrator:
         """The SQLite ledger in data_dir; or, with a Redis store, the shared ledger, settled only
         by the instance holding the settlement lease."""
         settings = self.settings
-        self.lease: SettlementLease | None = None
         if not settings.shared:
             return RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db"))
         client = redis.Redis.from_url(settings.store)
