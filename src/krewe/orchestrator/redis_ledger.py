@@ -30,6 +30,11 @@ fencing token of the lease this instance holds (`hold`), and the script refuses,
 only while nobody holds the lease (one instance, or tests). Credits need no token: any instance
 may credit at any time.
 
+A script whose reply was lost may run again (the client retries on a broken connection), and
+every one is safe to repeat: a credit made once is not made twice (the repeat reports it as not
+new), a repeated snapshot finds nothing pending (the first one's batches are open, and settled from
+`open_batches` in the next window), a repeated commit or revert finds the batch no longer open.
+
 Durability comes from the Redis server: `check_durability` refuses one that does not write its
 append-only file with `appendfsync always`, and with `min_replicas` every write waits (WAIT) until
 that many replicas have it, or raises.
