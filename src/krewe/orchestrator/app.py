@@ -1,12 +1,13 @@
 """The orchestrator process: every subsystem wired together, and its lifecycle.
 
-Start: open the ledger and the job records, connect to the chain (checking that this key is the
-distributor's orchestrator), listen, start heartbeats, the settlement loop and the event-loop lag
-monitor. Once started, the process moves everything allocated so far (modules, the contracts'
-ABIs, web3) out of the garbage collector's sight (`gc.freeze`): it lives as long as the process,
-and a full collection that walked it would hold the event loop for tens of milliseconds. The
-collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to no cyclic garbage,
-and each pass only cost time (docs/performance.md).
+Start: open the ledger, the job records and the peer scores (in `data_dir`, or in the Redis that
+instances share: `settings.shared`, krewe.orchestrator.shared), connect to the chain (checking
+that this key is the distributor's orchestrator), listen, start heartbeats, the settlement loop
+and the event-loop lag monitor. Once started, the process moves everything allocated so far
+(modules, the contracts' ABIs, web3) out of the garbage collector's sight (`gc.freeze`): it lives
+as long as the process, and a full collection that walked it would hold the event loop for tens
+of milliseconds. The collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to
+no cyclic garbage, and each pass only cost time (docs/performance.md).
 
 With a Redis store (`store = redis://...`) the ledger is the one every instance shares, the
 server's durability is checked first, and settlement runs only in the instance that holds the
@@ -50,13 +51,23 @@ from krewe.orchestrator.lease import SettlementLease
 from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.looplag import LoopLagMonitor
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.nonces import MemoryNonces, UsedNonces, nonce_ttl_s
 from krewe.orchestrator.pool import SessionPool
-from krewe.orchestrator.records import JobStore
+from krewe.orchestrator.ratelimit import RateLimiter
+from krewe.orchestrator.records import JobStore, SQLiteJobStore
 from krewe.orchestrator.redis_ledger import RedisLedger, check_durability
 from krewe.orchestrator.router import JobRouter
-from krewe.orchestrator.score_store import ScoreStore
+from krewe.orchestrator.score_store import ScoreStore, SQLiteScoreStore
 from krewe.orchestrator.server import make_runner
 from krewe.orchestrator.settlement import Settler
+from krewe.orchestrator.shared import (
+    REDIS_TIMEOUT_S,
+    RedisJobStore,
+    RedisNonces,
+    RedisRateLimiter,
+    RedisScoreStore,
+    connect,
+)
 from krewe.settings import SettingsError
 
 __all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve"]
@@ -131,16 +142,40 @@ class Orchestrator:
         )
         self.ledger = LedgerService(self._open_ledger(data_dir))
         activity = NetworkActivity()
-        self.records = JobStore(data_dir / "jobs.db", retention_s=settings.job_retention_s, activity=activity)
+        self.records: JobStore
+        self.scores: ScoreStore
+        self.limiter: RateLimiter | RedisRateLimiter
+        nonces: UsedNonces
+        rate, burst, retention_s = (
+            settings.rate_limit_per_s,
+            settings.rate_limit_burst,
+            settings.job_retention_s,
+        )
+        if settings.shared:
+            self.redis = connect(settings.store)
+            self.records = RedisJobStore(self.redis, retention_s=retention_s, activity=activity)
+            self.scores = RedisScoreStore(self.redis)
+            self.limiter = RedisRateLimiter(self.redis, rate, burst)
+            nonces = RedisNonces(self.redis, nonce_ttl_s(settings.auth_timeout_s))
+        else:
+            self.records = SQLiteJobStore(data_dir / "jobs.db", retention_s=retention_s, activity=activity)
+            self.scores = SQLiteScoreStore(data_dir / "ledger.db")
+            self.limiter = RateLimiter(rate, burst, clock=time.monotonic)
+            nonces = MemoryNonces(nonce_ttl_s(settings.auth_timeout_s))
         self.dashboard = DashboardFeed(self, activity)
-        self.scores = ScoreStore(data_dir / "ledger.db")
-        self.pool = SessionPool(scores=self.scores.load())
+        self.pool = SessionPool(scores=await self.scores.load())
         rng = random.Random(settings.seed)
         self.router = JobRouter(
             settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
         )
         self.endpoint = WorkerEndpoint(
-            settings, self.pool, self.router, self.registry, self.metrics, chain_id=self.chain.chain_id
+            settings,
+            self.pool,
+            self.router,
+            self.registry,
+            self.metrics,
+            chain_id=self.chain.chain_id,
+            nonces=nonces,
         )
         self.settler = Settler(
             self.ledger,
@@ -173,7 +208,10 @@ class Orchestrator:
         settings = self.settings
         if not settings.shared:
             return RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db"))
-        client = redis.Redis.from_url(settings.store)
+        # the ledger runs on its own thread (LedgerService), so it has a client of its own, not async
+        client = redis.Redis.from_url(
+            settings.store, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
         check_durability(client, allow_volatile=settings.redis_allow_volatile)
         self.lease = SettlementLease(client, settings.instance, lease_s=settings.settlement_lease_s)
         self.shared_ledger = RedisLedger(client, min_replicas=settings.redis_min_replicas)
@@ -208,7 +246,7 @@ class Orchestrator:
         if self.lease is not None:
             await self._renew_lease()
             if self.lease.token is None:
-                log.debug("settlement left to %s, which holds the lease", self.lease.holder())
+                log.debug("settlement left to the instance holding the lease")
                 return
         try:
             results = await self.settler.settle_once()
@@ -262,6 +300,8 @@ class Orchestrator:
         await self.runner.cleanup()
         await self.records.close()
         await self.scores.close()
+        if self.settings.shared:
+            await self.redis.aclose()
         await self.ledger.close()
         await self.registry.close()
         await self.chain.close()

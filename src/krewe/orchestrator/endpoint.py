@@ -2,8 +2,9 @@
 
 One connection's life:
 
-    connect -> challenge sent -> auth within auth_timeout_s -> EIP-4361 message, signature, expiry
-    and registry checked -> welcome -> frames until close
+    connect -> challenge sent -> auth within auth_timeout_s -> EIP-4361 message, signature, expiry,
+    nonce unused (`UsedNonces`, shared by every instance on one Redis) and registry checked ->
+    welcome -> frames until close
 
 This module only moves frames. What a session serves and holds lives in the `SessionPool`; what a
 result or reject means for its job is the router's (`JobEvents`). A malformed frame after login
@@ -37,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.nonces import UsedNonces
 from krewe.orchestrator.pool import Session, SessionPool
 from krewe.protocol import siwe
 from krewe.protocol.messages import (
@@ -132,6 +134,7 @@ class WorkerEndpoint:
         metrics: Metrics,
         *,
         chain_id: int,
+        nonces: UsedNonces,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -141,6 +144,7 @@ class WorkerEndpoint:
         self._registry = registry
         self._metrics = metrics
         self._chain_id = chain_id
+        self._nonces = nonces
         self._clock = clock
         self._wall_clock = wall_clock
         self._connections: set[web.WebSocketResponse] = set()
@@ -201,6 +205,8 @@ class WorkerEndpoint:
             signer = siwe.verify(auth.message, auth.signature, expected=challenge, now=self._wall_clock())
         except siwe.SiweError as error:
             raise _auth_failed(str(error)) from None
+        if not await self._nonces.use(challenge.nonce):
+            raise _auth_failed(f"the nonce {challenge.nonce} was already used")
         await self._check_registered(signer)
         now = self._clock()
         session = Session(

@@ -1,5 +1,6 @@
 """JobStore: every job's record (who was asked, what each answered and when, the verdict, the
-credits), kept in SQLite for `retention_s` and served by GET /v1/jobs/{id}.
+credits), kept for `retention_s` and served by GET /v1/jobs/{id}: in SQLite (`SQLiteJobStore`),
+or in Redis where instances share their state (`krewe.orchestrator.shared.RedisJobStore`).
 
 Records are serialised and written in batches on a thread of their own, so the event loop neither
 waits on disk nor spends its time encoding; a record not yet written is served from memory. Each
@@ -15,20 +16,33 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from krewe.orchestrator.activity import NetworkActivity
 
-__all__ = ["JobStore"]
+__all__ = ["JobStore", "SQLiteJobStore"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_ROWS = 1000
 
 
-class JobStore:
+class JobStore(Protocol):
+    """Where job records are kept; a record put is served by `get` at once, written or not."""
+
+    def put(self, record: dict[str, Any]) -> None: ...
+
+    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    async def flush(self) -> None:
+        """Write every record put so far."""
+
+    async def close(self) -> None: ...
+
+
+class SQLiteJobStore:
     def __init__(
         self, path: Path, *, retention_s: float, activity: NetworkActivity, flush_s: float = 0.05
     ) -> None:

@@ -1,4 +1,6 @@
-"""ScoreStore: peer scores kept beside the ledger, so that a restart does not wash a score clean.
+"""ScoreStore: peer scores kept beside the ledger, so that a restart does not wash a score clean:
+in SQLite (`SQLiteScoreStore`), or in Redis where instances share their state
+(`krewe.orchestrator.shared.RedisScoreStore`).
 
 Scores change with every job; they are written in batches on a thread of their own (the latest
 score of each worker wins), so the event loop never waits on disk. A score not yet written when
@@ -10,15 +12,30 @@ import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from krewe.orchestrator.scoring import PeerScore
 
-__all__ = ["ScoreStore"]
+__all__ = ["SQLiteScoreStore", "ScoreStore"]
 
 log = logging.getLogger(__name__)
 
 
-class ScoreStore:
+class ScoreStore(Protocol):
+    """Where peer scores are kept; `put` batches, the latest score of a worker wins."""
+
+    async def load(self) -> dict[str, PeerScore]:
+        """Every stored score (called once, at start)."""
+
+    def put(self, worker: str, score: PeerScore) -> None: ...
+
+    async def flush(self) -> None:
+        """Write every score put so far."""
+
+    async def close(self) -> None: ...
+
+
+class SQLiteScoreStore:
     def __init__(self, path: Path, *, flush_s: float = 1.0) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -31,8 +48,7 @@ class ScoreStore:
         self._unwritten: dict[str, PeerScore] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    def load(self) -> dict[str, PeerScore]:
-        """Every stored score (called once, at start)."""
+    async def load(self) -> dict[str, PeerScore]:
         rows = self._db.execute("SELECT worker, quality, latency_ms, jobs FROM peer_scores").fetchall()
         return {worker: PeerScore(quality, latency, jobs) for worker, quality, latency, jobs in rows}
 

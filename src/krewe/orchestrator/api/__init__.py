@@ -15,15 +15,12 @@ One concept per module:
 The miners' WebSocket endpoint (endpoint.py) shares the port.
 """
 
-import time
-
 from aiohttp import web
 
 from krewe.orchestrator.api import dashboard, jobs, openai, openapi, operations, statements
 from krewe.orchestrator.api.access import access_middleware
 from krewe.orchestrator.api.errors import ApiError, error_middleware
 from krewe.orchestrator.api.services import SERVICES, Services
-from krewe.orchestrator.ratelimit import RateLimiter
 
 __all__ = ["ROUTES", "ApiError", "Services", "build_app"]
 
@@ -39,11 +36,12 @@ ROUTES = [
 
 def build_app(services: Services) -> web.Application:
     settings = services.settings
-    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, clock=time.monotonic)
     app = web.Application(
         middlewares=[
             error_middleware(services.metrics),
-            access_middleware(frozenset(settings.api_keys), frozenset(settings.admin_api_keys), limiter),
+            access_middleware(
+                frozenset(settings.api_keys), frozenset(settings.admin_api_keys), services.limiter
+            ),
         ],
         client_max_size=settings.max_body_bytes,
     )

@@ -17,7 +17,8 @@ dashboard's page, its files and its event stream:
 - a worker's statement also takes that worker's own signature instead (see statements.py).
 
 Every caller, a key, a worker, or else an address, has its own token bucket (429 with
-Retry-After when it is empty).
+Retry-After when it is empty), on this instance (`RateLimiter`) or shared by every instance
+(`RedisRateLimiter`).
 """
 
 import base64
@@ -30,6 +31,7 @@ from aiohttp.typedefs import Handler, Middleware
 from krewe.orchestrator.api.errors import ApiError
 from krewe.orchestrator.api.statements import SIGNATURE_HEADER, STATEMENT_ROUTE, signed_worker
 from krewe.orchestrator.ratelimit import RateLimiter
+from krewe.orchestrator.shared import RedisRateLimiter
 
 __all__ = ["OPEN_PATHS", "OPERATOR_ROUTES", "access_middleware"]
 
@@ -40,7 +42,7 @@ OPERATOR_ROUTES = frozenset(
 
 
 def access_middleware(
-    api_keys: frozenset[str], admin_keys: frozenset[str], limiter: RateLimiter
+    api_keys: frozenset[str], admin_keys: frozenset[str], limiter: RateLimiter | RedisRateLimiter
 ) -> Middleware:
     keyed = bool(api_keys or admin_keys)
 
@@ -51,7 +53,7 @@ def access_middleware(
         caller = request.remote or "unknown"
         if keyed:
             caller = caller_of(request, api_keys, admin_keys) or caller
-        wait = limiter.take(caller)
+        wait = limiter.take(caller) if isinstance(limiter, RateLimiter) else await limiter.take(caller)
         if wait:
             retry = str(max(1, math.ceil(wait)))
             raise ApiError(

@@ -18,8 +18,10 @@ from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.endpoint import WorkerEndpoint
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.pool import SessionPool
+from krewe.orchestrator.ratelimit import RateLimiter
 from krewe.orchestrator.records import JobStore
 from krewe.orchestrator.router import JobRouter
+from krewe.orchestrator.shared import RedisRateLimiter
 
 if TYPE_CHECKING:
     from krewe.orchestrator.api.dashboard import DashboardFeed
@@ -37,6 +39,7 @@ class Services(Protocol):
     router: JobRouter
     ledger: LedgerService
     records: JobStore
+    limiter: RateLimiter | RedisRateLimiter
     chain: ChainClient
     dashboard: "DashboardFeed"
 
