@@ -125,6 +125,7 @@ class Orchestrator:
         )
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = LedgerService(self._open_ledger(data_dir))  # a Redis unfit for it stops start-up here
         self.chain = await ChainClient.connect(
             settings.rpc_url,
             settings.distributor_address,
@@ -140,7 +141,6 @@ class Orchestrator:
             cache_s=settings.registry_cache_s,
             clock=time.monotonic,
         )
-        self.ledger = LedgerService(self._open_ledger(data_dir))
         activity = NetworkActivity()
         self.records: JobStore
         self.scores: ScoreStore
@@ -212,7 +212,11 @@ class Orchestrator:
         client = redis.Redis.from_url(
             settings.store, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
-        check_durability(client, allow_volatile=settings.redis_allow_volatile)
+        try:
+            check_durability(client, allow_volatile=settings.redis_allow_volatile)
+        except BaseException:
+            client.close()
+            raise
         self.lease = SettlementLease(client, settings.instance, lease_s=settings.settlement_lease_s)
         self.shared_ledger = RedisLedger(client, min_replicas=settings.redis_min_replicas)
         return self.shared_ledger
