@@ -109,6 +109,7 @@ def test_amounts_far_beyond_doubles_add_up_exactly(client: redis.Redis) -> None:
     ledger = RedisLedger(client)
     rng = random.Random(7)
     amounts = [rng.randint(1, 10**40) for _ in range(200)] + [2**64 - 1, 2**64 + 1, 2**53 + 1, 1]
+    amounts += [10**digits - 1 for digits in range(1, 45)] + [1] * 3  # every carry, at every place
     assert all(ledger.credit_many(Credit(f"j{i}", f"0x{i % 3}", a) for i, a in enumerate(amounts)))
     batches = ledger.snapshot(max_batch=2)
     ledger.commit(batches[0].id)

@@ -7,8 +7,8 @@ but nothing is kept in memory: every instance reads and writes the same keys, an
 is one Lua script, which Redis runs atomically, so two instances never see half an operation.
 
 Amounts are decimal strings everywhere in Redis. Lua numbers are doubles, exact only below 2^53,
-and wei amounts exceed that, so the scripts never add amounts as numbers: `add` adds two decimal
-strings digit by digit, and anything else is summed in Python's integers.
+and wei amounts exceed that, so the scripts never turn a whole amount into a number: `add` adds
+two decimal strings seven digits at a time, and anything else is summed in Python's integers.
 
 Keys, under a prefix (`krewe:ledger:` by default):
 
@@ -75,18 +75,22 @@ _REFUSED = "LEDGER"
 _COMMON = """
 local p = ARGV[1]
 
--- a + b, both non-negative integers in decimal: exact whatever their size
+-- a + b, both non-negative integers in decimal: exact whatever their size. Seven digits at a
+-- time: a double holds the sum of two such pieces exactly.
 local function add(a, b)
-  local digits, carry = {}, 0
+  local pieces, carry = {}, 0
   local i, j = #a, #b
   while i > 0 or j > 0 or carry > 0 do
-    local digit = carry
-    if i > 0 then digit = digit + string.byte(a, i) - 48; i = i - 1 end
-    if j > 0 then digit = digit + string.byte(b, j) - 48; j = j - 1 end
-    if digit >= 10 then carry = 1; digit = digit - 10 else carry = 0 end
-    digits[#digits + 1] = string.char(48 + digit)
+    local sum = carry
+    if i > 0 then sum = sum + tonumber(string.sub(a, math.max(1, i - 6), i)) end
+    if j > 0 then sum = sum + tonumber(string.sub(b, math.max(1, j - 6), j)) end
+    i, j = i - 7, j - 7
+    if sum >= 10000000 then carry = 1; sum = sum - 10000000 else carry = 0 end
+    pieces[#pieces + 1] = sum
   end
-  return string.reverse(table.concat(digits))
+  local digits = {string.format('%d', pieces[#pieces])}
+  for k = #pieces - 1, 1, -1 do digits[#digits + 1] = string.format('%07d', pieces[k]) end
+  return table.concat(digits)
 end
 
 local function add_to(key, field, amount)
