@@ -158,6 +158,8 @@ def test_a_replica_that_acknowledges_lets_writes_through(tmp_path: Path, client:
         ledger = RedisLedger(client, min_replicas=1, replica_timeout_ms=5_000)
         assert ledger.credit("0xA", 3, "j1")
         assert RedisLedger(follower).pending() == {"0xA": 3}
+        with pytest.raises(LedgerError, match=r"^batch 9 is not open"):  # refusals read the same
+            ledger.commit(9)
     finally:
         follower.close()
         replica.kill()  # a replica stopped gracefully may wait out shutdown-timeout

@@ -309,20 +309,28 @@ class RedisLedger:
         return self._client.register_script(_COMMON + body)
 
     def _run(self, script: Script, *arguments: str | int, write: bool = True) -> Any:
+        arguments = (self._prefix, *arguments)
         try:
-            result = script(args=[self._prefix, *arguments])
+            if not (write and self._min_replicas):
+                return script(args=arguments)
+            # WAIT counts the replicas that have this connection's writes: sent on the script's
+            # connection, in one pipeline
+            with self._client.pipeline(transaction=False) as pipeline:
+                script(args=arguments, client=pipeline)
+                pipeline.wait(self._min_replicas, self._replica_timeout_ms)
+                result, acknowledged = pipeline.execute(raise_on_error=False)
+            if isinstance(result, redis.ResponseError):
+                raise result
         except redis.ResponseError as error:
             message = str(error)
             if message.startswith(_REFUSED + " "):
                 raise LedgerError(message.removeprefix(_REFUSED + " ")) from None
             raise
-        if write and self._min_replicas:
-            acknowledged = self._client.wait(self._min_replicas, self._replica_timeout_ms)
-            if acknowledged < self._min_replicas:
-                raise LedgerError(
-                    f"only {acknowledged} of the {self._min_replicas} replicas (redis_min_replicas) "
-                    f"acknowledged a ledger write within {self._replica_timeout_ms} ms"
-                )
+        if acknowledged < self._min_replicas:
+            raise LedgerError(
+                f"only {acknowledged} of the {self._min_replicas} replicas (redis_min_replicas) "
+                f"acknowledged a ledger write within {self._replica_timeout_ms} ms"
+            )
         return result
 
     def hold(self, token: int | None) -> None:
