@@ -51,6 +51,7 @@ from krewe.orchestrator.lease import SettlementLease
 from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.looplag import LoopLagMonitor
 from krewe.orchestrator.metrics import Metrics
+from krewe.orchestrator.network import SessionNetwork
 from krewe.orchestrator.nonces import MemoryNonces, UsedNonces, nonce_ttl_s
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.ratelimit import RateLimiter
@@ -168,14 +169,18 @@ class Orchestrator:
         self.router = JobRouter(
             settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
         )
+        self.network = (
+            SessionNetwork.of(self.redis, settings, self.pool, self.router) if settings.shared else None
+        )
         self.endpoint = WorkerEndpoint(
             settings,
             self.pool,
-            self.router,
+            self.network or self.router,
             self.registry,
             self.metrics,
             chain_id=self.chain.chain_id,
             nonces=nonces,
+            presence=self.network,
         )
         self.settler = Settler(
             self.ledger,
@@ -185,6 +190,8 @@ class Orchestrator:
             confirmations=settings.settlement_confirmations,
             on_stage=_kill_at_stage_from_env(),
         )
+        if self.network is not None:
+            await self.network.start(self.endpoint.violation)
         self.runner = make_runner(build_app(self), settings, self.metrics)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.host, settings.port, reuse_address=True)
@@ -197,6 +204,8 @@ class Orchestrator:
             loop.create_task(self._settle_every_window()),
             loop.create_task(self.dashboard.run()),
         ]
+        if self.network is not None:
+            self._tasks.append(loop.create_task(self.network.run()))
         if self.lease is not None:
             self._tasks.append(loop.create_task(self._keep_lease()))
         self.loop_lag.start(loop)
@@ -297,6 +306,8 @@ class Orchestrator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.network is not None:
+            await self.network.stop()
         self.loop_lag.stop()
         await self.settle()
         if self.lease is not None:

@@ -16,8 +16,9 @@ yields to the loop after every `HEARTBEAT_SLICE` pings, so that no pass holds it
 10,000 sessions at once held it for 150 to 900 ms. A session that has not answered for
 `heartbeat_misses` intervals is closed when its ping is due, in the background (a close waits for
 the peer). The registry is re-read for every session each `registry_cache_s`, in batches. A second
-login by the same address closes the first session with 4409. Whenever a session ends, the router
-is told, so its jobs count as no-response.
+login by the same address closes the first session with 4409; with a shared store, a `Presence`
+hears of each login, so that a session of the address on another instance is closed too. Whenever
+a session ends, the router is told, so its jobs count as no-response.
 
 Only a WebSocket upgrade of version 13 (RFC 6455) is taken; any other request gets 426. Pings are
 answered before login too. Once the upgrade is sent no HTTP response can follow, so a failure of
@@ -57,7 +58,7 @@ from krewe.protocol.messages import (
 )
 from krewe.untrusted import untrusted
 
-__all__ = ["WEBSOCKET_VERSION", "JobEvents", "Registry", "WorkerEndpoint"]
+__all__ = ["WEBSOCKET_VERSION", "JobEvents", "Presence", "Registry", "WorkerEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class JobEvents(Protocol):
     def on_session_closed(self, session: Session) -> None: ...
 
     def on_deregistered(self, worker: str) -> None: ...
+
+
+class Presence(Protocol):
+    """The other instances sharing the store (network.py), told of each login here."""
+
+    async def logged_in(self, session: Session) -> None: ...
 
 
 class _Socket:
@@ -137,9 +144,11 @@ class WorkerEndpoint:
         nonces: UsedNonces,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self._pool = pool
+        self._presence = presence
         self._events = events
         self._registry = registry
         self._metrics = metrics
@@ -221,11 +230,13 @@ class WorkerEndpoint:
         )
         previous = self._pool.add(session)
         self._ping_due.append((now + self.settings.heartbeat_s, session))
-        self._metrics.miners.set(len(self._pool.sessions))
+        self._metrics.miners.set(self._pool.connected_here)
         if previous is not None:
             await previous.channel.close(
                 CloseCode.SUPERSEDED, ErrorCode.SUPERSEDED, "logged in again elsewhere"
             )
+        if self._presence is not None:
+            await self._presence.logged_in(session)
         self._metrics.logins.labels("ok").inc()
         heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
         await socket.send(encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes)))
@@ -285,7 +296,7 @@ class WorkerEndpoint:
                     break
         finally:
             if self._pool.remove(session):
-                self._metrics.miners.set(len(self._pool.sessions))
+                self._metrics.miners.set(self._pool.connected_here)
             self._events.on_session_closed(session)
 
     async def _dispatch(self, session: Session, frame: bytes) -> None:
@@ -364,10 +375,11 @@ class WorkerEndpoint:
         task.add_done_callback(self._background.discard)
 
     async def recheck_registry(self) -> None:
-        """Every registry_cache_s, close the sessions of miners no longer active on chain (4403)."""
+        """Every registry_cache_s, close the sessions of miners no longer active on chain (4403).
+        Only those connected here: each instance checks its own."""
         while True:
             await asyncio.sleep(max(self.settings.registry_cache_s, 1.0))
-            sessions = list(self._pool.sessions.values())
+            sessions = [session for session in self._pool.sessions.values() if not session.remote]
             for start in range(0, len(sessions), REGISTRY_BATCH):
                 batch = sessions[start : start + REGISTRY_BATCH]
                 try:
@@ -382,7 +394,7 @@ class WorkerEndpoint:
                     continue
                 for session in batch:
                     if not active[session.address] and self._pool.remove(session):
-                        self._metrics.miners.set(len(self._pool.sessions))
+                        self._metrics.miners.set(self._pool.connected_here)
                         self._events.on_deregistered(session.address)
                         message = f"{session.address} is no longer an active worker in the registry"
                         log.info("closing miner %s: %s", session.address, message)

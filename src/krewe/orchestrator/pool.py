@@ -9,6 +9,11 @@ The pool keeps a `Ranking` (selection.py) of the current sessions in step with e
 changes, so that the router's replica selection never sorts the miners per job.
 
 A session carries a `Channel`, the endpoint's handle for sending it frames; the pool never uses it.
+
+With several instances sharing one Redis (network.py), the pool also holds the miners connected to
+the other instances as remote sessions: `remote` names the instance holding the connection, the
+channel relays frames there, and `elsewhere` counts the jobs that instance last reported on the
+miner beyond this instance's own, so that selection sees the miner's load across the network.
 """
 
 import collections
@@ -46,6 +51,8 @@ class Session:
     violations: int = 0
     jobs: set[str] = field(default_factory=set)  # the jobs it is working on
     serves: frozenset[tuple[str, str]] = frozenset()  # (model, task) pairs, derived from offers
+    remote: str = ""  # the instance holding the miner's connection; "" for this one
+    elsewhere: int = 0  # jobs on it that other instances sent, as its holder last reported
 
     def __post_init__(self) -> None:
         self.serves = _pairs(self.offers)
@@ -56,7 +63,7 @@ class Session:
 
     @property
     def in_flight(self) -> int:
-        return len(self.jobs)
+        return len(self.jobs) + self.elsewhere
 
     def engine(self, model: str) -> str:
         """The engine class declared for `model` ("" when the miner named none)."""
@@ -69,6 +76,7 @@ class SessionPool:
     ) -> None:
         self.scoring = scoring or ScoringConfig()
         self._sessions: dict[str, Session] = {}
+        self._connected_here = 0  # sessions that are not remote
         self._serving: collections.Counter[tuple[str, str]] = collections.Counter()
         self._scores: dict[str, PeerScore] = dict(scores or {})  # as stored before a restart
         self._ranking = Ranking()
@@ -77,6 +85,11 @@ class SessionPool:
     @property
     def sessions(self) -> Mapping[str, Session]:
         return self._sessions
+
+    @property
+    def connected_here(self) -> int:
+        """Sessions whose miner is connected to this instance."""
+        return self._connected_here
 
     @property
     def scores(self) -> Mapping[str, PeerScore]:
@@ -93,6 +106,8 @@ class SessionPool:
         if previous is not None:
             self.remove(previous)
         self._sessions[session.address] = session
+        if not session.remote:
+            self._connected_here += 1
         self._serving.update(session.serves)
         self._models = None
         self._rank(session)
@@ -103,6 +118,8 @@ class SessionPool:
         if self._sessions.get(session.address) is not session:
             return False
         del self._sessions[session.address]
+        if not session.remote:
+            self._connected_here -= 1
         self._stop_serving(session.serves)
         self._models = None
         self._ranking.remove(session.address)
@@ -149,9 +166,14 @@ class SessionPool:
         session.jobs.discard(job_id)
         self._load_changed(session)
 
+    def set_elsewhere(self, session: Session, jobs: int) -> None:
+        """A remote session's jobs from other instances, as its holder last reported them."""
+        session.elsewhere = jobs
+        self._load_changed(session)
+
     def _load_changed(self, session: Session) -> None:
         if self._sessions.get(session.address) is session:
-            self._ranking.set_load(session.address, len(session.jobs))
+            self._ranking.set_load(session.address, session.in_flight)
 
     # Peer scores.
 
