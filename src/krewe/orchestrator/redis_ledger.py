@@ -319,8 +319,9 @@ class RedisLedger:
                 script(args=arguments, client=pipeline)
                 pipeline.wait(self._min_replicas, self._replica_timeout_ms)
                 result, acknowledged = pipeline.execute(raise_on_error=False)
-            if isinstance(result, redis.ResponseError):
-                raise result
+            for reply in (result, acknowledged):
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
         except redis.ResponseError as error:
             message = str(error)
             if message.startswith(_REFUSED + " "):
