@@ -1,4 +1,6 @@
-"""RewardLedger on its SQLite store: rules, a random state machine, and crashes of a real process."""
+"""The reward ledger on both of its stores (RewardLedger on SQLite, RedisLedger on a real
+redis-server): rules and a random state machine; and, for SQLite, migrations and crashes of a real
+process."""
 
 import os
 import random
@@ -13,7 +15,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from krewe.orchestrator.ledger import (
     Credit,
@@ -26,6 +34,7 @@ from krewe.orchestrator.ledger import (
     StatementPayout,
     WorkerTotals,
 )
+from tests.support.ledgers import Ledger, LedgerOpener
 
 WEI = 10**18
 
@@ -34,13 +43,13 @@ def open_ledger(path: Path, index_every: int = 128) -> RewardLedger:
     return RewardLedger(SQLiteLedgerStore(path), index_every=index_every)
 
 
-def assert_balanced(ledger: RewardLedger) -> None:
+def assert_balanced(ledger: Ledger) -> None:
     totals = ledger.totals()
     assert totals.credited == totals.paid + totals.pending + totals.in_flight
 
 
-def test_credit_snapshot_commit_revert(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_credit_snapshot_commit_revert(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     assert ledger.credit("0xA", 5 * WEI, "job-1")
     assert ledger.credit("0xB", 7, "job-1")
     assert not ledger.credit("0xA", 5 * WEI, "job-1")  # idempotent per (job, worker)
@@ -68,8 +77,8 @@ def test_credit_snapshot_commit_revert(tmp_path: Path) -> None:
     )
 
 
-def test_snapshot_splits_by_max_batch_and_nothing_pending_gives_no_batch(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_snapshot_splits_by_max_batch_and_nothing_pending_gives_no_batch(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     assert ledger.snapshot(max_batch=2) == []
     ledger.credit_many(Credit(f"job-{i}", f"0x{i:02d}", 1 + i) for i in range(5))
     batches = ledger.snapshot(max_batch=2)
@@ -78,13 +87,13 @@ def test_snapshot_splits_by_max_batch_and_nothing_pending_gives_no_batch(tmp_pat
     assert ledger.open_batches() == batches
 
 
-def test_amounts_beyond_64_bits_are_exact(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_amounts_beyond_64_bits_are_exact(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     huge = 2**200 + 1
     ledger.credit("0xA", huge, "j1")
     ledger.credit("0xA", huge, "j2")
     ledger.close()
-    reopened = open_ledger(tmp_path / "ledger.db")
+    reopened = ledger_opener.open()
     assert reopened.pending() == {"0xA": 2 * huge}
 
 
@@ -97,15 +106,15 @@ def test_amounts_beyond_64_bits_are_exact(tmp_path: Path) -> None:
         (True, "positive integer"),
     ],
 )
-def test_bad_credits_are_refused(tmp_path: Path, amount: object, words: str) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_bad_credits_are_refused(ledger_opener: LedgerOpener, amount: object, words: str) -> None:
+    ledger = ledger_opener.open()
     with pytest.raises(LedgerError, match=words):
         ledger.credit("0xA", amount, "job")  # type: ignore[arg-type]
     assert ledger.totals().credited == 0
 
 
-def test_bad_settlements_are_refused(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_bad_settlements_are_refused(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     ledger.credit("0xA", 1, "job")
     (batch,) = ledger.snapshot(max_batch=1)
     ledger.commit(batch.id)
@@ -122,13 +131,13 @@ def test_bad_settlements_are_refused(tmp_path: Path) -> None:
     assert_balanced(ledger)
 
 
-def test_reopen_restores_pending_and_open_batches(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_reopen_restores_pending_and_open_batches(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     ledger.credit_many([Credit("j1", "0xA", 3), Credit("j1", "0xB", 4), Credit("j2", "0xA", 5)])
     (batch,) = ledger.snapshot(max_batch=5)
     ledger.credit("0xC", 9, "j3")
     ledger.close()
-    reopened = open_ledger(tmp_path / "ledger.db")
+    reopened = ledger_opener.open()
     assert reopened.open_batches() == [batch]
     assert reopened.pending() == {"0xC": 9}
     assert reopened.totals() == ledger.totals()
@@ -147,13 +156,13 @@ RECORD = SendRecord(
 )
 
 
-def test_a_send_record_survives_a_reopen(tmp_path: Path) -> None:
-    ledger = open_ledger(tmp_path / "ledger.db")
+def test_a_send_record_survives_a_reopen(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
     ledger.credit("0xA", 3, "j1")
     (batch,) = ledger.snapshot(max_batch=5)
     ledger.record_send(batch.id, RECORD)
     ledger.close()
-    assert open_ledger(tmp_path / "ledger.db").open_batches() == [replace(batch, send=RECORD)]
+    assert ledger_opener.open().open_batches() == [replace(batch, send=RECORD)]
 
 
 def as_version_1_wrote_it(path: Path) -> None:
@@ -232,11 +241,12 @@ def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 class LedgerMachine(RuleBasedStateMachine):
     """Random operations against a model; the invariant and the model are checked after each."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: str, redis_url: str) -> None:
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
-        self.path = Path(self.directory.name) / "ledger.db"
-        self.ledger = open_ledger(self.path, index_every=3)
+        path = Path(self.directory.name) / "ledger.db"
+        self.opener = LedgerOpener(store, path, redis_url, index_every=3)
+        self.ledger = self.opener.open()
         self.credits: dict[tuple[str, str], int] = {}  # every credit ever accepted
         self.paid: dict[str, int] = {}
         self.open: dict[int, dict[str, int]] = {}
@@ -283,7 +293,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         before = self.ledger.totals()
         self.ledger.close()
-        self.ledger = open_ledger(self.path, index_every=3)
+        self.ledger = self.opener.open()
         assert self.ledger.totals() == before
 
     def model_pending(self) -> dict[str, int]:
@@ -320,8 +330,13 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (listed_credits, listed_payouts) == (account.credited, account.paid)
 
 
-TestLedgerMachine = LedgerMachine.TestCase
-TestLedgerMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+def test_random_operations_keep_the_ledger_exact(ledger_opener: LedgerOpener) -> None:
+    # fewer runs against Redis, whose round trips make each step slower
+    examples = {"sqlite": 60, "redis": 25}[ledger_opener.store]
+    run_state_machine_as_test(
+        lambda: LedgerMachine(ledger_opener.store, ledger_opener.redis_url),
+        settings=settings(max_examples=examples, stateful_step_count=30, deadline=None),
+    )
 
 
 # A real process credits and settles, printing each acknowledged step; it is killed with SIGKILL

@@ -1,5 +1,5 @@
-"""A worker's statement from the ledger: its account, its credits with their times, its payouts,
-page by page, newest first."""
+"""A worker's statement from the ledger, on each of its stores: its account, its credits with their
+times, its payouts, page by page, newest first."""
 
 from pathlib import Path
 
@@ -8,15 +8,14 @@ import pytest
 from krewe.orchestrator.ledger import (
     Credit,
     LedgerError,
-    RewardLedger,
     SendRecord,
     SignedSend,
-    SQLiteLedgerStore,
     StatementCredit,
     StatementCursor,
     StatementPayout,
     WorkerTotals,
 )
+from tests.support.ledgers import Ledger, LedgerOpener
 
 
 class Clock:
@@ -37,20 +36,31 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=[2, 10_000], ids=["written-every-2", "in-memory"])
-def ledger(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> RewardLedger:
-    """Credits are read from the statement index, from memory, or both."""
-    return RewardLedger(SQLiteLedgerStore(tmp_path / "ledger.db"), clock=clock, index_every=request.param)
+@pytest.fixture(
+    params=[("sqlite", 2), ("sqlite", 10_000), ("redis", 0)],
+    ids=["sqlite-written-every-2", "sqlite-in-memory", "redis"],
+)
+def opener(tmp_path: Path, request: pytest.FixtureRequest) -> LedgerOpener:
+    """On SQLite, credits are read from the statement index, from memory, or both; on Redis, from
+    Redis alone."""
+    store, index_every = request.param
+    url = request.getfixturevalue("redis_url") if store == "redis" else ""
+    return LedgerOpener(store, tmp_path / "ledger.db", url, index_every=index_every)
 
 
-def pay(ledger: RewardLedger, batch_nonce: int, *tx_hashes: str) -> None:
+@pytest.fixture
+def ledger(opener: LedgerOpener, clock: Clock) -> Ledger:
+    return opener.open(clock)
+
+
+def pay(ledger: Ledger, batch_nonce: int, *tx_hashes: str) -> None:
     for batch in ledger.snapshot(max_batch=10):
         ledger.record_send(batch.id, signed(batch_nonce, *tx_hashes))
         ledger.commit(batch.id)
 
 
 def test_a_statement_lists_credits_with_their_times_and_payouts_with_their_transactions(
-    ledger: RewardLedger, clock: Clock
+    ledger: Ledger, clock: Clock
 ) -> None:
     ledger.credit_many([Credit("j1", "0xA", 3), Credit("j1", "0xB", 4)])
     clock.now += 1.5
@@ -72,7 +82,7 @@ def test_a_statement_lists_credits_with_their_times_and_payouts_with_their_trans
     assert ledger.statement("0xB", StatementCursor(), limit=10).totals == WorkerTotals(4, 4, 0, 0)
 
 
-def test_pages_follow_each_other_without_gaps_or_repeats(ledger: RewardLedger, clock: Clock) -> None:
+def test_pages_follow_each_other_without_gaps_or_repeats(ledger: Ledger, clock: Clock) -> None:
     for round_ in range(3):
         # credits made in one commit share their time: the job id orders them
         ledger.credit_many([Credit(f"j{round_}-{i}", "0xA", 1 + i) for i in range(4)])
@@ -95,7 +105,7 @@ def test_pages_follow_each_other_without_gaps_or_repeats(ledger: RewardLedger, c
     assert sum(c.amount for c in seen_credits) == sum(p.amount for p in seen_payouts) == 30
 
 
-def test_credits_made_after_the_first_page_do_not_shift_the_next(ledger: RewardLedger, clock: Clock) -> None:
+def test_credits_made_after_the_first_page_do_not_shift_the_next(ledger: Ledger, clock: Clock) -> None:
     ledger.credit_many([Credit(f"j{i}", "0xA", 1) for i in range(3)])
     first = ledger.statement("0xA", StatementCursor(), limit=2)
     assert first.next is not None
@@ -106,7 +116,7 @@ def test_credits_made_after_the_first_page_do_not_shift_the_next(ledger: RewardL
     assert second.next is None and second.totals.credited == 4
 
 
-def test_an_unknown_worker_has_an_empty_statement_and_a_page_needs_room(ledger: RewardLedger) -> None:
+def test_an_unknown_worker_has_an_empty_statement_and_a_page_needs_room(ledger: Ledger) -> None:
     empty = ledger.statement("0xZ", StatementCursor(), limit=1)
     assert (empty.totals, empty.credits, empty.payouts, empty.next) == (
         WorkerTotals(0, 0, 0, 0),
@@ -118,20 +128,22 @@ def test_an_unknown_worker_has_an_empty_statement_and_a_page_needs_room(ledger: 
         ledger.statement("0xZ", StatementCursor(), limit=0)
 
 
-def test_a_crash_before_the_bulk_index_write_loses_no_statement_entry(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "ledger.db"
-    ledger = RewardLedger(SQLiteLedgerStore(path), clock=clock, index_every=3)
-    for i in range(5):  # the first three are written with the fourth; the last two stay in memory
+def test_a_crash_before_the_bulk_index_write_loses_no_statement_entry(
+    opener: LedgerOpener, clock: Clock
+) -> None:
+    opener.index_every = 3
+    ledger = opener.open(clock)
+    for i in range(5):  # on SQLite, the first three are written with the fourth; two stay in memory
         clock.now += 1
         ledger.credit("0xA", 1 + i, f"j{i}")
     # no close: as after SIGKILL
-    reopened = RewardLedger(SQLiteLedgerStore(path), clock=clock, index_every=3)
+    reopened = opener.open(clock)
     statement = reopened.statement("0xA", StatementCursor(), limit=10)
     assert [c.job_id for c in statement.credits] == ["j4", "j3", "j2", "j1", "j0"]
     assert sum(c.amount for c in statement.credits) == statement.totals.credited == 15
 
 
-def test_times_only_increase_when_the_clock_steps_back(ledger: RewardLedger, clock: Clock) -> None:
+def test_times_only_increase_when_the_clock_steps_back(ledger: Ledger, clock: Clock) -> None:
     ledger.credit("0xA", 1, "j1")
     clock.now -= 60
     ledger.credit("0xA", 2, "j2")
@@ -139,7 +151,7 @@ def test_times_only_increase_when_the_clock_steps_back(ledger: RewardLedger, clo
     assert [c.job_id for c in credits] == ["j2", "j1"] and credits[0].at_ms == credits[1].at_ms + 1
 
 
-def test_a_reverted_batch_is_no_payout(ledger: RewardLedger) -> None:
+def test_a_reverted_batch_is_no_payout(ledger: Ledger) -> None:
     ledger.credit("0xA", 9, "j1")
     (batch,) = ledger.snapshot(max_batch=10)
     assert ledger.earnings(["0xA"])["0xA"] == WorkerTotals(credited=9, paid=0, pending=0, in_flight=9)

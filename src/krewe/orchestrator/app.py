@@ -9,9 +9,13 @@ as long as the process, and a full collection that walked it would hold the even
 of milliseconds. The collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to
 no cyclic garbage, and each pass only cost time (docs/performance.md).
 
+With a Redis store (`store = redis://...`) the ledger is the one every instance shares, the
+server's durability is checked first, and settlement runs only in the instance that holds the
+settlement lease, renewed three times per `settlement_lease_s` (docs/settlement.md).
+
 Stop (SIGTERM or SIGINT): stop accepting new miners and requests, let in-flight jobs finish within
-`shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, close the
-ledger and the records.
+`shutdown_grace_s`, close every miner with 1001, make a last settlement attempt, give the
+settlement lease up, close the ledger and the records.
 
 Fault injection, for crash tests only (`python -m bench.chaos`): with the environment variable
 KREWE_FAULT_KILL_AT set to a settlement stage (snapshot, recorded, sent, mined, replaced), the
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 from aiohttp import web
 
 from krewe.keys import SigningKey
@@ -42,6 +47,7 @@ from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.chain import ChainClient, RegistryReader
 from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.endpoint import WorkerEndpoint
+from krewe.orchestrator.lease import SettlementLease
 from krewe.orchestrator.ledger import Batch, RewardLedger, SQLiteLedgerStore
 from krewe.orchestrator.looplag import LoopLagMonitor
 from krewe.orchestrator.metrics import Metrics
@@ -50,11 +56,13 @@ from krewe.orchestrator.nonces import MemoryNonces, UsedNonces, nonce_ttl_s
 from krewe.orchestrator.pool import SessionPool
 from krewe.orchestrator.ratelimit import RateLimiter
 from krewe.orchestrator.records import JobStore, SQLiteJobStore
+from krewe.orchestrator.redis_ledger import RedisLedger, check_durability
 from krewe.orchestrator.router import JobRouter
 from krewe.orchestrator.score_store import ScoreStore, SQLiteScoreStore
 from krewe.orchestrator.server import make_runner
 from krewe.orchestrator.settlement import Settler
 from krewe.orchestrator.shared import (
+    REDIS_TIMEOUT_S,
     RedisJobStore,
     RedisNonces,
     RedisRateLimiter,
@@ -98,6 +106,7 @@ class Orchestrator:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.port = settings.port
+        self.lease: SettlementLease | None = None  # with a Redis store: settle only while held
 
     @property
     def stopped(self) -> bool:
@@ -117,6 +126,7 @@ class Orchestrator:
         )
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = LedgerService(self._open_ledger(data_dir))  # a Redis unfit for it stops start-up here
         self.chain = await ChainClient.connect(
             settings.rpc_url,
             settings.distributor_address,
@@ -132,7 +142,6 @@ class Orchestrator:
             cache_s=settings.registry_cache_s,
             clock=time.monotonic,
         )
-        self.ledger = LedgerService(RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db")))
         activity = NetworkActivity()
         self.records: JobStore
         self.scores: ScoreStore
@@ -197,8 +206,45 @@ class Orchestrator:
         ]
         if self.network is not None:
             self._tasks.append(loop.create_task(self.network.run()))
+        if self.lease is not None:
+            self._tasks.append(loop.create_task(self._keep_lease()))
         self.loop_lag.start(loop)
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
+
+    def _open_ledger(self, data_dir: Path) -> RewardLedger | RedisLedger:
+        """The SQLite ledger in data_dir; or, with a Redis store, the shared ledger, settled only
+        by the instance holding the settlement lease."""
+        settings = self.settings
+        if not settings.shared:
+            return RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db"))
+        # the ledger runs on its own thread (LedgerService), so it has a client of its own, not async
+        client = redis.Redis.from_url(
+            settings.store, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        try:
+            check_durability(client, allow_volatile=settings.redis_allow_volatile)
+        except BaseException:
+            client.close()
+            raise
+        self.lease = SettlementLease(client, settings.instance, lease_s=settings.settlement_lease_s)
+        self.shared_ledger = RedisLedger(client, min_replicas=settings.redis_min_replicas)
+        return self.shared_ledger
+
+    async def _keep_lease(self) -> None:
+        """Renew the settlement lease (or take it when free) three times per lease length."""
+        while not self._stop.is_set():
+            await self._renew_lease()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.settlement_lease_s / 3)
+
+    async def _renew_lease(self) -> None:
+        assert self.lease is not None
+        try:
+            token = await asyncio.to_thread(self.lease.keep)
+        except redis.RedisError as error:
+            log.warning("cannot renew the settlement lease: %s", error)
+            token = None
+        self.shared_ledger.hold(token)
 
     async def _settle_every_window(self) -> None:
         while not self._stop.is_set():
@@ -208,7 +254,13 @@ class Orchestrator:
                 await self.settle()
 
     async def settle(self) -> None:
-        """One settlement window; its results are kept for GET /v1/settlements and metrics."""
+        """One settlement window; its results are kept for GET /v1/settlements and metrics. With
+        a Redis store, only the instance holding the settlement lease settles."""
+        if self.lease is not None:
+            await self._renew_lease()
+            if self.lease.token is None:
+                log.debug("settlement left to the instance holding the lease")
+                return
         try:
             results = await self.settler.settle_once()
         except Exception:
@@ -258,6 +310,8 @@ class Orchestrator:
             await self.network.stop()
         self.loop_lag.stop()
         await self.settle()
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)
         await self.runner.cleanup()
         await self.records.close()
         await self.scores.close()

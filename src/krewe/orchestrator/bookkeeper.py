@@ -1,4 +1,5 @@
-"""LedgerService: the RewardLedger behind one thread, for async code.
+"""LedgerService: the reward ledger (RewardLedger, or RedisLedger shared by several instances)
+behind one thread, for async code.
 
 The ledger's store writes to disk and fsyncs; doing that on the event loop would stall every
 socket. Every ledger call runs on one dedicated thread, in order, so the ledger never sees two
@@ -22,6 +23,7 @@ from krewe.orchestrator.ledger import (
     StatementCursor,
     WorkerTotals,
 )
+from krewe.orchestrator.redis_ledger import RedisLedger
 
 __all__ = ["LedgerService"]
 
@@ -29,7 +31,7 @@ T = TypeVar("T")
 
 
 class LedgerService:
-    def __init__(self, ledger: RewardLedger) -> None:
+    def __init__(self, ledger: RewardLedger | RedisLedger) -> None:
         self._ledger = ledger
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._queue: list[tuple[list[Credit], asyncio.Future[list[bool]]]] = []
