@@ -164,7 +164,7 @@ def miner_statement(
 ) -> None:
     """Show what the orchestrator credited and paid this miner, newest first.
 
-    The orchestrator is the one at orchestrator_url (its HTTP API on the same host and port); the
+    The orchestrator is the first of orchestrator_url (its HTTP API on the same host and port); the
     request is signed with the miner's key.
     """
     settings = _miner_settings(config_file, flags)

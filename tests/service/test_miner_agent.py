@@ -67,7 +67,7 @@ class ScriptedBackend:
 
 
 def agent_for(url: str, index: int, backend: ScriptedBackend, **settings: Any) -> MinerAgent:
-    options = {"orchestrator_url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4, **settings}
+    options = {"orchestrator_url": [url], "reconnect_min_s": 0.05, "reconnect_max_s": 0.4, **settings}
     return MinerAgent(
         MinerSettings(**options),
         SigningKey.from_hex(dev_key(MINER_KEYS[index])),
@@ -168,7 +168,7 @@ def test_miner_settings_refuse_bad_values() -> None:
     with pytest.raises(SettingsError, match="backend"):
         MinerSettings(backend="gpu")
     with pytest.raises(SettingsError, match="orchestrator_url"):
-        MinerSettings(orchestrator_url="http://x")
+        MinerSettings(orchestrator_url=["http://x"])
     with pytest.raises(SettingsError, match="max_concurrency: at most 1024"):
         MinerSettings(max_concurrency=1025)
     with pytest.raises(SettingsError, match="tasks"):
