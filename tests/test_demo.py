@@ -16,7 +16,15 @@ from rich.console import Console
 
 from krewe.cli import main
 from krewe.contracts import load_artifact
-from krewe.demo import Demo, DemoError, DemoOptions, OrchestratorInstance, instance_layout, miner_urls
+from krewe.demo import (
+    Demo,
+    DemoError,
+    DemoOptions,
+    OrchestratorInstance,
+    instance_layout,
+    miner_urls,
+    port_is_free,
+)
 from krewe.devchain import Anvil, free_port
 from krewe.redisproc import RedisServer
 
@@ -72,6 +80,68 @@ def test_demo_once_prints_what_the_chain_holds() -> None:
         assert len(claims) == 1
         address, wei = claims[0]
         assert distributor.functions.claimed(address).call() == int(wei) == credited[address]
+
+
+def two_free_ports() -> int:
+    """A port that is free with the one above it."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and port_is_free(port + 1):
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_demo_with_two_instances_sends_requests_to_both_and_pays_what_the_chain_holds() -> None:
+    port = two_free_ports()
+    with Anvil.start(accounts=10) as anvil:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "krewe",
+                "demo",
+                "--once",
+                "--instances",
+                "2",
+                "--port",
+                str(port),
+                "--chain-url",
+                anvil.url,
+                "--requests",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        output = done.stdout
+        assert re.fullmatch(
+            r"demo: OK, 4 embedding and 3 chat jobs, settlement paid at batch nonce \d+",
+            output.strip().splitlines()[-1],
+        )
+        for number in (1, 2):
+            assert f"orchestrator-{number} up at http://127.0.0.1:{port + number - 1}" in output
+        # requests go to the instances in turn: 4 embeddings, then 3 chats
+        answered = re.findall(r"^│ \d+ +│ (orchestrator-\d) ", output, re.M)
+        assert answered == ["orchestrator-1", "orchestrator-2"] * 2 + [
+            "orchestrator-1",
+            "orchestrator-2",
+            "orchestrator-1",
+        ]
+        assert re.search(r"^settled by (orchestrator-[12] ?)+ \(the settlement lease holder\)$", output, re.M)
+        distributor_address = re.search(r"distributor (0x[0-9a-fA-F]{40})", output)
+        assert distributor_address is not None
+        distributor = anvil.web3().eth.contract(
+            address=distributor_address.group(1), abi=load_artifact("RewardDistributor").abi
+        )
+        credited = {
+            address: int(wei) for address, wei in re.findall(r"^credited (0x\w{40}) (\d+)$", output, re.M)
+        }
+        assert len(credited) == 6 and list(credited.values())[5] == 0
+        for address, wei in credited.items():
+            assert distributor.functions.credited(address).call() == wei
 
 
 def test_demo_fails_with_the_reason_on_its_last_line() -> None:

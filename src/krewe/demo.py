@@ -393,7 +393,7 @@ def _send_requests(demo: Demo, instances: list[OrchestratorInstance], rows: list
     by_address = {row.address: row for row in rows}
     jobs = Table(title=f"jobs ({E5_MODEL_ID} embeddings, 3 miners each, 2 must agree)")
     for column in ("#", *(["instance"] if several else []), "input", "verdict", "agreed", "digest"):
-        jobs.add_column(column)
+        jobs.add_column(column, no_wrap=column == "instance")
     first_verdict = None
     with Live(jobs, console=demo.console, refresh_per_second=8):
         for number in range(demo.options.requests):
@@ -423,7 +423,7 @@ def _send_requests(demo: Demo, instances: list[OrchestratorInstance], rows: list
         "agreed",
         "digest",
     ):
-        chats.add_column(column)
+        chats.add_column(column, no_wrap=column == "instance")
     for number, prompt in enumerate(CHATS):
         # after the embeddings, so that the chats too go to every instance in turn
         turn = (demo.options.requests + number) % len(instances)
@@ -491,27 +491,32 @@ def _wait_for_settlement(demo: Demo, instances: list[OrchestratorInstance]) -> d
     the settlement is in the GET /v1/settlements of the instance that paid it, the holder of the
     settlement lease."""
 
-    def paid() -> tuple[OrchestratorInstance, dict[str, Any]] | None:
-        ledger = requests.get(instances[0].url + "/v1/ledger", timeout=5).json()
-        if ledger["pending"] != "0" or ledger["in_flight"] != "0":
-            return None
+    def paid() -> list[tuple[OrchestratorInstance, dict[str, Any]]] | None:
+        """Each instance that paid a batch with its newest paid one, once nothing is left to pay."""
+        for instance in instances:
+            ledger = requests.get(instance.url + "/v1/ledger", timeout=5).json()
+            if ledger["pending"] != "0" or ledger["in_flight"] != "0":
+                return None
+        settlers = []
         for instance in instances:
             recent = requests.get(instance.url + "/v1/settlements", timeout=5).json()["recent"]
             settled = next((item for item in recent if item["outcome"] == "paid"), None)
             if settled is not None:
-                return instance, settled
-        return None
+                settlers.append((instance, settled))
+        return settlers or None
 
     demo.say(
         f"waiting for the credits to be paid (a settlement every {demo.options.settlement_window_s:g} s)"
     )
-    settler, settled = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
+    settlers = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
+    _, settled = settlers[0]
     demo.say(
         f"settlement paid: batch nonce {settled['batch_nonce']}, {settled['workers']} miners, "
         f"{format_krew(int(settled['total']))}"
     )
     if len(instances) > 1:
-        demo.fact(f"settled by {settler.name} (the settlement lease holder)")
+        names = " ".join(instance.name for instance, _ in settlers)
+        demo.fact(f"settled by {names} (the settlement lease holder)")
     result: dict[str, Any] = settled
     return result
 
