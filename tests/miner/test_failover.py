@@ -2,7 +2,6 @@
 stays where it is when the connection ends for a reason every orchestrator would share. The
 orchestrators are real aiohttp WebSocket servers on 127.0.0.1 that speak the login of protocol 2."""
 
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -10,14 +9,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from krewe.devchain import dev_key
-from krewe.keys import SigningKey
-from krewe.miner.agent import MinerAgent, challenge_is_for, instance_gone
+from krewe.miner.agent import challenge_is_for, instance_gone
 from krewe.miner.config import MinerSettings
 from krewe.protocol.messages import CloseCode, Error, Welcome, encode
 from krewe.settings import SettingsError, load_settings
-from tests.service.conftest import MINER_KEYS, until
-from tests.service.test_miner_agent import ScriptedBackend, ScriptedOrchestrator, running
+from tests.service.conftest import until
+from tests.service.test_miner_agent import ScriptedBackend, ScriptedOrchestrator, agent_for, running
 
 Script = Callable[[ScriptedOrchestrator, web.WebSocketResponse], Awaitable[None]]
 
@@ -95,20 +92,13 @@ async def refuse_login(orchestrator: ScriptedOrchestrator, ws: web.WebSocketResp
     await ws.close(code=CloseCode.AUTH_FAILED)
 
 
-def agent_for_urls(*urls: str) -> MinerAgent:
-    settings = MinerSettings(orchestrator_url=list(urls), reconnect_min_s=0.05, reconnect_max_s=0.2)
-    return MinerAgent(
-        settings, SigningKey.from_hex(dev_key(MINER_KEYS[0])), ScriptedBackend(), rng=random.Random(0)
-    )
-
-
 async def test_the_agent_moves_to_the_second_when_the_first_stops_and_back_when_the_second_stops(
     instances: Callable[[Script], Instance],
 ) -> None:
     first, second = instances(stay_welcomed), instances(stay_welcomed)
     await first.start()
     await second.start()
-    agent = agent_for_urls(first.url, second.url)
+    agent = agent_for([first.url, second.url], 0, ScriptedBackend())
     async with running(agent):
         await until(agent.connected.is_set, what="the login at the first")
         assert (first.logins, second.logins, agent.url) == (1, 0, first.url)
@@ -132,7 +122,7 @@ async def test_a_refused_connection_moves_on_and_the_list_wraps_around(
 ) -> None:
     down, up = instances(stay_welcomed), instances(stay_welcomed)
     await up.start()
-    agent = agent_for_urls(up.url, down.url)
+    agent = agent_for([up.url, down.url], 0, ScriptedBackend())
     async with running(agent):
         await until(agent.connected.is_set, what="the login at the first")
         await up.stop()
@@ -148,7 +138,7 @@ async def test_going_away_and_service_restart_move_to_the_next(
     leaving, staying = instances(welcome_then_close(code)), instances(stay_welcomed)
     await leaving.start()
     await staying.start()
-    agent = agent_for_urls(leaving.url, staying.url)
+    agent = agent_for([leaving.url, staying.url], 0, ScriptedBackend())
     async with running(agent):
         await until(lambda: staying.logins == 1 and agent.connected.is_set(), what="the login at the second")
     assert (leaving.logins, agent.stats.failovers, agent.url) == (1, 1, staying.url)
@@ -163,7 +153,7 @@ async def test_a_supersede_or_a_refused_login_reconnects_to_the_same_orchestrato
     same, other = instances(script), instances(stay_welcomed)
     await same.start()
     await other.start()
-    agent = agent_for_urls(same.url, other.url)
+    agent = agent_for([same.url, other.url], 0, ScriptedBackend())
     async with running(agent):
         await until(lambda: same.logins >= 3, what="three logins at the same orchestrator")
     assert (other.logins, agent.stats.failovers, agent.url) == (0, 0, same.url)
@@ -177,7 +167,7 @@ async def test_a_challenge_for_another_orchestrator_is_not_signed(
     impostor.orchestrator.challenge = genuine.orchestrator.challenge
     await impostor.start()
     await genuine.start()
-    agent = agent_for_urls(impostor.url, genuine.url)
+    agent = agent_for([impostor.url, genuine.url], 0, ScriptedBackend())
     async with running(agent):
         await until(
             lambda: genuine.logins == 1 and agent.connected.is_set(), what="the login at the genuine one"
