@@ -332,7 +332,7 @@ class Chaos:
         network = self.network
         stop_load = asyncio.Event()
         miner_settings = MinerSettings(
-            orchestrator_url=network.url.replace("http", "ws", 1) + "/v1/workers/connect",
+            orchestrator_url=[network.url.replace("http", "ws", 1) + "/v1/workers/connect"],
             max_concurrency=32,
             reconnect_min_s=0.1,
             reconnect_max_s=0.5,

@@ -164,7 +164,7 @@ def miner_statement(
 ) -> None:
     """Show what the orchestrator credited and paid this miner, newest first.
 
-    The orchestrator is the one at orchestrator_url (its HTTP API on the same host and port); the
+    The orchestrator is the first of orchestrator_url (its HTTP API on the same host and port); the
     request is signed with the miner's key.
     """
     settings = _miner_settings(config_file, flags)
@@ -201,6 +201,13 @@ def miner_exit(config_file: Path | None, withdraw: bool, **flags: Any) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="port of the demo's orchestrator (127.0.0.1)")
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="orchestrators on consecutive ports from --port, sharing one redis-server as their store",
+)
 @click.option("--miners", default=5, show_default=True, help="honest miners to start")
 @click.option("--liars", default=1, show_default=True, help="miners that answer wrong on purpose")
 @click.option("--requests", "request_count", default=12, show_default=True, help="requests to send")

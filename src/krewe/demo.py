@@ -8,6 +8,13 @@ them streamed); answers and verdicts as they come; then a settlement on chain, e
 credited balance read back from the contract, and one claim. Every process it starts is stopped
 by PID when it ends.
 
+With `instances` N above 1 the network has N orchestrators on consecutive ports from `port`,
+sharing one redis-server (append-only, `appendfsync always`) as their store: each miner connects
+first to its own instance (miner i to instance i mod N) and lists the others after it, to fail
+over; requests go to the instances in turn, and the demo says which instance answered each and
+which one settled (the one holding the settlement lease, whose GET /v1/settlements shows the
+payment).
+
 The demo's settings (a 10 s settlement window, say) are passed to the processes it starts; they
 are not the product's defaults.
 """
@@ -41,8 +48,9 @@ from krewe.keys import SigningKey
 from krewe.miner.backends.e5 import E5_MODEL_ID
 from krewe.miner.backends.gemma import GEMMA_MODEL_ID
 from krewe.miner.onchain import MinerChain, format_krew
+from krewe.redisproc import RedisServer
 
-__all__ = ["DemoError", "DemoOptions", "run_demo"]
+__all__ = ["DemoError", "DemoOptions", "OrchestratorInstance", "instance_layout", "miner_urls", "run_demo"]
 
 ADMIN, ORCHESTRATOR, FIRST_MINER = 0, 1, 2
 STAKE = 100 * KREW
@@ -83,6 +91,40 @@ class DemoOptions:
     once: bool = False
     chain_url: str | None = None  # an anvil already running; by default the demo starts its own
     settlement_window_s: float = 10.0
+    instances: int = 1  # orchestrators sharing one Redis; 1 is a single one with its SQLite store
+
+
+@dataclass(frozen=True)
+class OrchestratorInstance:
+    """One of the demo's orchestrators: its name (its instance_id when there are several) and port."""
+
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def connect_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/workers/connect"
+
+
+def instance_layout(port: int, count: int) -> list[OrchestratorInstance]:
+    """The demo's orchestrators: one named "orchestrator" on `port`, or `count` of them named
+    orchestrator-1, orchestrator-2, ... on consecutive ports from `port`."""
+    if count < 1:
+        raise DemoError(f"--instances must be at least 1, not {count}")
+    if count == 1:
+        return [OrchestratorInstance("orchestrator", port)]
+    return [OrchestratorInstance(f"orchestrator-{number + 1}", port + number) for number in range(count)]
+
+
+def miner_urls(instances: list[OrchestratorInstance], miner: int) -> list[str]:
+    """Miner number `miner`'s orchestrator URLs: its own instance (`miner` mod N) first, then the
+    others in order, so that miners are spread over the instances and each can fail over."""
+    first = miner % len(instances)
+    return [instance.connect_url for instance in instances[first:] + instances[:first]]
 
 
 @dataclass
@@ -101,6 +143,7 @@ class Demo:
     workdir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     anvil: Anvil | None = None
+    redis: RedisServer | None = None
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> str:
@@ -136,6 +179,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+        if self.redis is not None:  # after the orchestrators, whose last settlement may write to it
+            self.redis.stop()
         if self.anvil is not None:
             self.anvil.stop()
 
@@ -196,8 +241,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
 
 def _run(demo: Demo) -> None:
     options, console = demo.options, demo.console
-    if not port_is_free(options.port):
-        raise DemoError(f"port {options.port} is in use: pass --port with a free one")
+    instances = instance_layout(options.port, options.instances)
+    for instance in instances:
+        if not port_is_free(instance.port):
+            raise DemoError(f"port {instance.port} is in use: pass --port with a free one")
     if options.miners < 3:
         raise DemoError("the demo needs at least 3 honest miners (jobs go to 3, 2 must agree)")
     if options.chain_url:
@@ -218,27 +265,17 @@ def _run(demo: Demo) -> None:
         f"distributor {deployment.distributor}"
     )
     rows = _register_miners(demo, w3, deployment, rpc_url)
-    orchestrator_url = f"http://127.0.0.1:{options.port}"
-    demo.spawn(
-        "orchestrator",
-        ["orchestrator"],
-        {
-            "KREWE_PORT": str(options.port),
-            "KREWE_RPC_URL": rpc_url,
-            "KREWE_REGISTRY_ADDRESS": deployment.registry,
-            "KREWE_DISTRIBUTOR_ADDRESS": deployment.distributor,
-            "KREWE_DEV_KEY": dev_key(ORCHESTRATOR),
-            "KREWE_SETTLEMENT_WINDOW_S": str(options.settlement_window_s),
-            # anvil mines a block only for a transaction: the demo's last batch would never get deep
-            "KREWE_SETTLEMENT_CONFIRMATIONS": "0",
-            "KREWE_MODEL_REWARDS": f"{E5_MODEL_ID}={REWARD_WEI},{GEMMA_MODEL_ID}={REWARD_WEI}",
-            "KREWE_DATA_DIR": str(demo.workdir / "data"),
-            "KREWE_HEARTBEAT_S": "5",
-        },
-    )
-    wait_for("the orchestrator", lambda: requests.get(orchestrator_url + "/healthz", timeout=2).ok, 60, demo)
-    demo.say(f"orchestrator up at {orchestrator_url}")
-    demo.fact(f"dashboard: {orchestrator_url}/")
+    shared: dict[str, str] = {}
+    if len(instances) > 1:
+        demo.redis = RedisServer.start(demo.workdir / "redis")
+        demo.say(f"started redis-server (append-only, fsync always) at {demo.redis.url}")
+        shared = {"KREWE_STORE": demo.redis.url, "KREWE_REDIS_ALLOW_VOLATILE": "false"}
+    for instance in instances:
+        _spawn_orchestrator(demo, instance, deployment, rpc_url, shared)
+    for instance in instances:
+        wait_for(instance.name, partial(_healthy, instance.url), 60, demo)
+        demo.say(f"{instance.name} up at {instance.url}")
+        demo.fact(f"dashboard: {instance.url}/")
     for index, row in enumerate(rows):
         key_index = FIRST_MINER + index
         demo.spawn(
@@ -246,17 +283,21 @@ def _run(demo: Demo) -> None:
             ["miner", "run", "--backend", "local", *(["--tamper"] if row.liar else [])],
             {
                 "KREWE_MINER_DEV_KEY": dev_key(key_index),
-                "KREWE_MINER_ORCHESTRATOR_URL": f"ws://127.0.0.1:{options.port}/v1/workers/connect",
+                "KREWE_MINER_ORCHESTRATOR_URL": ",".join(miner_urls(instances, index)),
             },
         )
 
     def connected() -> bool:
-        return len(requests.get(orchestrator_url + "/v1/workers", timeout=2).json()["data"]) == len(rows)
+        workers = set()
+        for instance in instances:
+            listed = requests.get(instance.url + "/v1/workers", timeout=2).json()["data"]
+            workers |= {worker["worker"] for worker in listed}
+        return workers == {row.address for row in rows}
 
     wait_for("the miners to log in", connected, 120, demo)
     demo.say(f"{len(rows)} miners connected ({options.liars} of them lying on purpose)")
-    _send_requests(demo, orchestrator_url, rows)
-    paid = _wait_for_settlement(demo, orchestrator_url)
+    _send_requests(demo, instances, rows)
+    paid = _wait_for_settlement(demo, instances)
     _, _, distributor = deployment.contracts(w3)
     table = Table(title="on chain after settlement")
     for column in ("miner", "role", "agreed", "disagreed", "credited (ledger)", "credited (chain)"):
@@ -297,7 +338,36 @@ def _run(demo: Demo) -> None:
             f"settlement paid at batch nonce {paid['batch_nonce']}"
         )
         return
-    _serve_until_interrupted(demo, orchestrator_url)
+    _serve_until_interrupted(demo, instances)
+
+
+def _spawn_orchestrator(
+    demo: Demo, instance: OrchestratorInstance, deployment: Deployment, rpc_url: str, shared: dict[str, str]
+) -> None:
+    """Start one orchestrator; `shared` holds the Redis store's settings when there are several."""
+    demo.spawn(
+        instance.name,
+        ["orchestrator"],
+        {
+            "KREWE_PORT": str(instance.port),
+            "KREWE_RPC_URL": rpc_url,
+            "KREWE_REGISTRY_ADDRESS": deployment.registry,
+            "KREWE_DISTRIBUTOR_ADDRESS": deployment.distributor,
+            "KREWE_DEV_KEY": dev_key(ORCHESTRATOR),
+            "KREWE_SETTLEMENT_WINDOW_S": str(demo.options.settlement_window_s),
+            # anvil mines a block only for a transaction: the demo's last batch would never get deep
+            "KREWE_SETTLEMENT_CONFIRMATIONS": "0",
+            "KREWE_MODEL_REWARDS": f"{E5_MODEL_ID}={REWARD_WEI},{GEMMA_MODEL_ID}={REWARD_WEI}",
+            "KREWE_DATA_DIR": str(demo.workdir / ("data" if not shared else f"data-{instance.name}")),
+            "KREWE_HEARTBEAT_S": "5",
+            **({"KREWE_INSTANCE_ID": instance.name} if shared else {}),
+            **shared,
+        },
+    )
+
+
+def _healthy(url: str) -> bool:
+    return requests.get(url + "/healthz", timeout=2).ok
 
 
 def _register_miners(demo: Demo, w3: Any, deployment: Deployment, rpc_url: str) -> list[MinerRow]:
@@ -312,22 +382,30 @@ def _register_miners(demo: Demo, w3: Any, deployment: Deployment, rpc_url: str) 
     return rows
 
 
-def _send_requests(demo: Demo, orchestrator_url: str, rows: list[MinerRow]) -> None:
-    client = openai.OpenAI(base_url=orchestrator_url + "/v1", api_key="demo", max_retries=2, timeout=60)
+def _send_requests(demo: Demo, instances: list[OrchestratorInstance], rows: list[MinerRow]) -> None:
+    """The embedding and chat requests, sent to the instances in turn; with several instances the
+    tables say which one answered each."""
+    clients = [
+        openai.OpenAI(base_url=instance.url + "/v1", api_key="demo", max_retries=2, timeout=60)
+        for instance in instances
+    ]
+    several = len(instances) > 1
     by_address = {row.address: row for row in rows}
     jobs = Table(title=f"jobs ({E5_MODEL_ID} embeddings, 3 miners each, 2 must agree)")
-    for column in ("#", "input", "verdict", "agreed", "digest"):
-        jobs.add_column(column)
+    for column in ("#", *(["instance"] if several else []), "input", "verdict", "agreed", "digest"):
+        jobs.add_column(column, no_wrap=column == "instance")
     first_verdict = None
     with Live(jobs, console=demo.console, refresh_per_second=8):
         for number in range(demo.options.requests):
+            instance, client = instances[number % len(instances)], clients[number % len(instances)]
             text = SENTENCES[number % len(SENTENCES)]
             response = client.embeddings.create(model=E5_MODEL_ID, input=text, encoding_format="float")
             info = (response.model_extra or {})["krewe"]
             first_verdict = first_verdict or demo.elapsed()
-            _tally(demo, orchestrator_url, info["job_id"], by_address)
+            _tally(demo, instance.url, info["job_id"], by_address)
             jobs.add_row(
                 str(number + 1),
+                *([instance.name] if several else []),
                 text,
                 info["verdict"],
                 f"{info['agreeing']}/{info['replicas']}",
@@ -336,16 +414,27 @@ def _send_requests(demo: Demo, orchestrator_url: str, rows: list[MinerRow]) -> N
     demo.console.print()
     demo.say(f"first verdict at {first_verdict}; {demo.options.requests} embedding jobs done")
     chats = Table(title=f"chat completions ({GEMMA_MODEL_ID}, greedy, 3 miners each, 2 must agree)")
-    for column in ("#", "message", "answer", "verdict", "agreed", "digest"):
-        chats.add_column(column)
+    for column in (
+        "#",
+        *(["instance"] if several else []),
+        "message",
+        "answer",
+        "verdict",
+        "agreed",
+        "digest",
+    ):
+        chats.add_column(column, no_wrap=column == "instance")
     for number, prompt in enumerate(CHATS):
+        # after the embeddings, so that the chats too go to every instance in turn
+        turn = (demo.options.requests + number) % len(instances)
         streamed = number == len(CHATS) - 1
-        answer, info, chunks = _chat(client, prompt, stream=streamed)
-        _tally(demo, orchestrator_url, info["job_id"], by_address)
+        answer, info, chunks = _chat(clients[turn], prompt, stream=streamed)
+        _tally(demo, instances[turn].url, info["job_id"], by_address)
         how = f"stream {chunks} chunks" if streamed else "chat"
         demo.fact(f"{how} {info['verdict']} {json.dumps(answer, ensure_ascii=False)}")
         chats.add_row(
             str(number + 1),
+            *([instances[turn].name] if several else []),
             prompt + (" (stream)" if streamed else ""),
             answer,
             info["verdict"],
@@ -396,29 +485,48 @@ def _final_record(orchestrator_url: str, job_id: str) -> dict[str, Any] | None:
     return record if response.ok and record.get("final") else None
 
 
-def _wait_for_settlement(demo: Demo, orchestrator_url: str) -> dict[str, Any]:
+def _wait_for_settlement(demo: Demo, instances: list[OrchestratorInstance]) -> dict[str, Any]:
     """The newest paid settlement, once every credit of the demo's jobs is paid: what the chain
-    holds then is final, since the demo sends no more jobs."""
+    holds then is final, since the demo sends no more jobs. The ledger is one for every instance;
+    the settlement is in the GET /v1/settlements of the instance that paid it, the holder of the
+    settlement lease."""
 
-    def paid() -> dict[str, Any] | None:
-        ledger = requests.get(orchestrator_url + "/v1/ledger", timeout=5).json()
-        if ledger["pending"] != "0" or ledger["in_flight"] != "0":
-            return None
-        recent = requests.get(orchestrator_url + "/v1/settlements", timeout=5).json()["recent"]
-        return next((item for item in recent if item["outcome"] == "paid"), None)
+    def paid() -> list[tuple[OrchestratorInstance, dict[str, Any]]] | None:
+        """Each instance that paid a batch with its newest paid one, once nothing is left to pay."""
+        for instance in instances:
+            ledger = requests.get(instance.url + "/v1/ledger", timeout=5).json()
+            if ledger["pending"] != "0" or ledger["in_flight"] != "0":
+                return None
+        settlers = []
+        for instance in instances:
+            recent = requests.get(instance.url + "/v1/settlements", timeout=5).json()["recent"]
+            settled = next((item for item in recent if item["outcome"] == "paid"), None)
+            if settled is not None:
+                settlers.append((instance, settled))
+        return settlers or None
 
     demo.say(
         f"waiting for the credits to be paid (a settlement every {demo.options.settlement_window_s:g} s)"
     )
-    settled: dict[str, Any] = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
+    settlers = wait_for("a settlement", paid, demo.options.settlement_window_s + 120, demo)
+    _, settled = settlers[0]
     demo.say(
         f"settlement paid: batch nonce {settled['batch_nonce']}, {settled['workers']} miners, "
         f"{format_krew(int(settled['total']))}"
     )
-    return settled
+    if len(instances) > 1:
+        names = " ".join(instance.name for instance, _ in settlers)
+        demo.fact(f"settled by {names} (the settlement lease holder)")
+    result: dict[str, Any] = settled
+    return result
 
 
-def _serve_until_interrupted(demo: Demo, orchestrator_url: str) -> None:
+def _serve_until_interrupted(demo: Demo, instances: list[OrchestratorInstance]) -> None:
+    orchestrator_url = instances[0].url
+    if len(instances) > 1:
+        demo.console.print(
+            "\nThe instances: " + ", ".join(f"{instance.name} at {instance.url}" for instance in instances)
+        )
     demo.console.print(f"""
 The network keeps running. Watch it in a browser: {orchestrator_url}/
 

@@ -66,8 +66,9 @@ class ScriptedBackend:
         return None
 
 
-def agent_for(url: str, index: int, backend: ScriptedBackend, **settings: Any) -> MinerAgent:
-    options = {"orchestrator_url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4, **settings}
+def agent_for(url: str | list[str], index: int, backend: ScriptedBackend, **settings: Any) -> MinerAgent:
+    urls = [url] if isinstance(url, str) else url
+    options = {"orchestrator_url": urls, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4, **settings}
     return MinerAgent(
         MinerSettings(**options),
         SigningKey.from_hex(dev_key(MINER_KEYS[index])),
@@ -145,6 +146,25 @@ async def test_reconnects_back_off_exponentially_with_jitter_then_reset(make_har
         await until(agent.connected.is_set, what="the agent to log in again")
 
 
+async def test_the_agent_fails_over_between_two_orchestrators_and_back(make_harness: Any) -> None:
+    first, second = await make_harness(), await make_harness()
+    first_port = first.orchestrator.port
+    agent = agent_for([first.connect_url, second.connect_url], 0, ScriptedBackend())
+    async with running(agent):
+        await until(lambda: agent.address in first.orchestrator.pool.sessions, what="the login at the first")
+        await first.orchestrator.stop()  # closes its miners with 1001
+        await until(
+            lambda: agent.address in second.orchestrator.pool.sessions, what="the login at the second"
+        )
+        assert agent.url == second.connect_url
+        first = await make_harness(port=first_port)
+        await second.orchestrator.stop()
+        await until(
+            lambda: agent.address in first.orchestrator.pool.sessions, what="the login at the first again"
+        )
+        assert (agent.url, agent.stats.failovers, agent.stats.sessions) == (first.connect_url, 2, 3)
+
+
 async def test_stop_finishes_the_running_job_then_closes_normally(harness: Harness) -> None:
     backend = ScriptedBackend(delay_s=0.3)
     agents = [agent_for(harness.connect_url, i, backend) for i in range(3)]
@@ -168,7 +188,7 @@ def test_miner_settings_refuse_bad_values() -> None:
     with pytest.raises(SettingsError, match="backend"):
         MinerSettings(backend="gpu")
     with pytest.raises(SettingsError, match="orchestrator_url"):
-        MinerSettings(orchestrator_url="http://x")
+        MinerSettings(orchestrator_url=["http://x"])
     with pytest.raises(SettingsError, match="max_concurrency: at most 1024"):
         MinerSettings(max_concurrency=1025)
     with pytest.raises(SettingsError, match="tasks"):

@@ -2,6 +2,13 @@
 
     connect -> sign in with Ethereum (EIP-4361) -> welcome -> jobs until the connection ends -> reconnect
 
+The agent connects to the first of its `orchestrator_url`s. When that orchestrator is gone (the
+connection is refused or fails, the login times out, or the connection closes with 1001 going
+away, 1012 service restart or without a close frame, or its challenge is one the agent does not
+sign) it reconnects to the next URL in order, wrapping around; any other end (a supersede, a
+refused login) would be the same at every orchestrator of the network, so it reconnects to the
+same one. It signs a challenge only if its domain and URI are those of the URL it connected to.
+
 Every frame from the orchestrator is decoded into its typed struct, and every frame the agent sends
 is one (krewe.protocol.messages). A frame that does not decode, or that makes no sense where it
 arrives (a second welcome, a job id that is already running), is logged with its text escaped and
@@ -26,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -58,18 +66,38 @@ from krewe.protocol.messages import (
 )
 from krewe.untrusted import untrusted
 
-__all__ = ["MinerAgent", "MinerStats", "login_message", "offered"]
+__all__ = ["MinerAgent", "MinerStats", "challenge_is_for", "instance_gone", "login_message", "offered"]
 
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S = 30.0  # for each of the challenge and the welcome
 CLOSE_TIMEOUT_S = 10.0  # for the close frame that follows a refused login
 MAX_WEI_DIGITS = 78  # 2**256 - 1 has 78 digits
+# how a connection ends when the orchestrator behind it went away (1006: no close frame came)
+GONE_CLOSE_CODES = frozenset(
+    {
+        aiohttp.WSCloseCode.GOING_AWAY,
+        aiohttp.WSCloseCode.SERVICE_RESTART,
+        aiohttp.WSCloseCode.ABNORMAL_CLOSURE,
+    }
+)
 
 
 def offered(offers: list[ModelOffer], wanted: list[str]) -> list[ModelOffer]:
     """The backend's offers, only those whose model is in `wanted` unless it is empty."""
     return [offer for offer in offers if not wanted or offer.id in wanted]
+
+
+def instance_gone(close_code: int | None) -> bool:
+    """Whether a connection that ended with `close_code` (None: it never got one) tells that its
+    orchestrator went away, so that the agent moves to the next URL."""
+    return close_code is None or close_code in GONE_CLOSE_CODES
+
+
+def challenge_is_for(challenge: Challenge, url: str) -> bool:
+    """Whether the challenge names the orchestrator at `url`: a login signed for another domain
+    could be replayed there (EIP-4361 leaves this check to the signer)."""
+    return challenge.uri == url and challenge.domain == urlsplit(url).netloc
 
 
 def login_message(challenge: Challenge, address: str) -> str:
@@ -89,6 +117,7 @@ class MinerStats:
     malformed_frames: int = 0  # frames from the orchestrator that were not valid where they arrived
     last_close_code: int | None = None
     reconnects: int = 0
+    failovers: int = 0  # moves to the next orchestrator URL
     # the latest reconnect delays, bounded so that a miner that runs for months does not grow
     delays: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
 
@@ -116,6 +145,12 @@ class MinerAgent:
         self._running: dict[str, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
         self._welcomed_at: float | None = None  # when the current session was welcomed
+        self._url_index = 0
+
+    @property
+    def url(self) -> str:
+        """The orchestrator the agent is connected to, or connects to next."""
+        return self.settings.orchestrator_url[self._url_index]
 
     @property
     def address(self) -> str:
@@ -131,13 +166,18 @@ class MinerAgent:
             while not self._stop.is_set():
                 self._welcomed_at = None
                 try:
-                    await self._session(http)
+                    gone = await self._session(http)
                 except (aiohttp.ClientError, OSError) as error:  # OSError includes TimeoutError
                     # a bare TimeoutError is the login's; aiohttp's own timeouts are subclasses
                     reason = "the login did not complete in time" if type(error) is TimeoutError else error
-                    log.warning("connection to %s failed: %s", self.settings.orchestrator_url, reason)
+                    log.warning("connection to %s failed: %s", self.url, reason)
+                    gone = True
                 if self._stop.is_set():
                     break
+                if gone and len(self.settings.orchestrator_url) > 1:
+                    self._url_index = (self._url_index + 1) % len(self.settings.orchestrator_url)
+                    self.stats.failovers += 1
+                    log.info("the orchestrator went away; moving to %s", self.url)
                 welcomed = self._welcomed_at
                 if welcomed is not None and self._clock() - welcomed >= self.settings.healthy_session_s:
                     delay = self.settings.reconnect_min_s
@@ -149,12 +189,14 @@ class MinerAgent:
                     await asyncio.wait_for(self._stop.wait(), timeout=wait)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
 
-    async def _session(self, http: aiohttp.ClientSession) -> None:
-        async with http.ws_connect(self.settings.orchestrator_url, max_msg_size=0) as ws:
-            welcome = await self._login(ws)
+    async def _session(self, http: aiohttp.ClientSession) -> bool:
+        """One connection, from login to its end; whether its orchestrator went away."""
+        url = self.url
+        async with http.ws_connect(url, max_msg_size=0) as ws:
+            welcome = await self._login(ws, url)
             self.stats.last_close_code = ws.close_code
             if welcome is None:
-                return
+                return instance_gone(ws.close_code)
             self.stats.sessions += 1
             self._welcomed_at = self._clock()
             self.connected.set()
@@ -166,12 +208,22 @@ class MinerAgent:
                 stopper.cancel()
                 self.connected.clear()
                 self.stats.last_close_code = ws.close_code
+            return instance_gone(ws.close_code)
 
-    async def _login(self, ws: aiohttp.ClientWebSocketResponse) -> Welcome | None:
+    async def _login(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> Welcome | None:
         """Answer the challenge; the welcome, or None when the login did not succeed."""
         challenge = await self._expect(ws, Challenge, Error)
         if not isinstance(challenge, Challenge):
             await self._refused(ws, challenge)
+            return None
+        if not challenge_is_for(challenge, url):
+            log.error(
+                "not signing a login for %s at %s: connected to %s (set orchestrator_url to the "
+                "orchestrator's public connect URL)",
+                untrusted(challenge.domain),
+                untrusted(challenge.uri),
+                url,
+            )
             return None
         try:
             message = login_message(challenge, self.address)

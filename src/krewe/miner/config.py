@@ -12,8 +12,10 @@ __all__ = ["MinerSettings"]
 
 @dataclass(frozen=True)
 class MinerSettings:
-    orchestrator_url: str = setting(
-        "ws://127.0.0.1:8000/v1/workers/connect", "the orchestrator's WebSocket URL"
+    orchestrator_url: list[str] = setting(
+        ["ws://127.0.0.1:8000/v1/workers/connect"],
+        "the orchestrators' WebSocket URLs, tried in order: the agent moves to the next when its "
+        "orchestrator goes away",
     )
     key_file: Path | None = setting(None, "encrypted keystore (V3 JSON) of the miner's key")
     key_password_file: Path | None = setting(None, "file holding the keystore's password")
@@ -48,18 +50,22 @@ class MinerSettings:
 
     @property
     def api_url(self) -> str:
-        """The orchestrator's HTTP API (statements), on the same host and port as `orchestrator_url`."""
-        parts = urlsplit(self.orchestrator_url)
+        """The first orchestrator's HTTP API (statements), on the same host and port as its
+        `orchestrator_url`; orchestrators that share their state all give the same statement."""
+        parts = urlsplit(self.orchestrator_url[0])
         scheme = "https" if parts.scheme == "wss" else "http"
         return f"{scheme}://{parts.netloc}{parts.path.removesuffix('/v1/workers/connect').rstrip('/')}"
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
             raise SettingsError(f"backend: must be 'local' or 'openai', not {self.backend!r}")
-        if not self.orchestrator_url.startswith(("ws://", "wss://")):
-            raise SettingsError(
-                f"orchestrator_url: must start with ws:// or wss://, not {self.orchestrator_url!r}"
-            )
+        if not self.orchestrator_url:
+            raise SettingsError("orchestrator_url: at least one URL")
+        for url in self.orchestrator_url:
+            if not url.startswith(("ws://", "wss://")):
+                raise SettingsError(f"orchestrator_url: must start with ws:// or wss://, not {url!r}")
+        if len(set(self.orchestrator_url)) < len(self.orchestrator_url):
+            raise SettingsError(f"orchestrator_url: lists a URL twice: {self.orchestrator_url!r}")
         for name in ("max_concurrency", "reconnect_min_s", "reconnect_max_s", "backend_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be positive, not {getattr(self, name)}")
