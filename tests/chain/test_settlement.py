@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from web3 import Web3
+from web3._utils.http_session_manager import HTTPSessionManager
 
 from krewe.devchain import KREW, Anvil, Deployment, deploy, dev_key, transact
 from krewe.keys import KeyLoadError, SigningKey
@@ -576,3 +577,19 @@ def test_a_client_with_the_wrong_key_is_refused(tmp_path: Path) -> None:
         other = SigningKey.from_hex(dev_key(2))
         with pytest.raises(ChainError, match="not this key's"):
             asyncio.run(ChainClient.connect(net.anvil.url, net.deployment.distributor, other))
+
+
+def test_chain_reads_do_not_wait_on_web3s_process_wide_session_lock(tmp_path: Path) -> None:
+    """web3's HTTP provider takes one lock for the whole process on every request, and a request
+    cancelled at the wrong moment leaves it held for good; the chain client's requests never take it."""
+    with network(tmp_path) as net:
+
+        async def reads_while_the_lock_is_held() -> int:
+            client = await ChainClient.connect(net.anvil.url, net.deployment.distributor, net.key)
+            try:
+                with HTTPSessionManager._lock:  # as a cancelled request of another provider leaves it
+                    return await asyncio.wait_for(client.block_number(), timeout=5)
+            finally:
+                await client.close()
+
+        assert asyncio.run(reads_while_the_lock_is_held()) >= 1

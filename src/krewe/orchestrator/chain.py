@@ -13,6 +13,11 @@ base fee plus the suggested tip), never above `max_fee_gwei`; gas is estimated, 
 stuck transaction is replaced by `replacement`: the same calldata and account nonce, both fees
 bumped, up to the cap.
 
+Requests go through `_Provider`, web3's HTTP provider posting on its own aiohttp session. web3's
+own posts take a process-wide `threading.Lock` on a worker thread for every request, and a request
+cancelled while it waits (a read under `asyncio.wait_for`) can leave that lock held for good: every
+later web3 request of the process then hangs (web3.py issue 3867).
+
 A batch's calldata is encoded with eth_abi directly, and with its payload hash and signature on a
 worker thread: web3's contract encoding of a few hundred recipients held the event loop for about
 a hundred milliseconds per call, and settlement encoded each batch twice.
@@ -29,8 +34,9 @@ import aiohttp
 import orjson
 from eth_abi.abi import encode
 from eth_typing import HexStr
-from web3 import AsyncWeb3
+from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import RPCEndpoint, RPCResponse
 
 from krewe.contracts import error_name, load_artifact
 from krewe.keys import SigningKey
@@ -60,6 +66,37 @@ class ChainError(Exception):
 
 class BatchRefusedError(ChainError):
     """The distributor would revert this batch (estimated before anything was signed)."""
+
+
+class _Provider(AsyncHTTPProvider):
+    """web3's HTTP provider, posting on a session of its own (see the module's text)."""
+
+    def __init__(self, rpc_url: str, timeout_s: float) -> None:
+        super().__init__(rpc_url)
+        self._url = rpc_url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def _post(self, data: bytes) -> bytes:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=True)
+        headers = {"Content-Type": "application/json"}
+        async with self._http.post(self._url, data=data, headers=headers) as response:
+            return await response.read()
+
+    async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
+        return await self._post(request_data)
+
+    async def make_batch_request(
+        self, batch_requests: list[tuple[RPCEndpoint, Any]]
+    ) -> list[RPCResponse] | RPCResponse:
+        raw = await self._post(self.encode_batch_rpc_request(batch_requests))
+        response: list[RPCResponse] | RPCResponse = self.decode_rpc_response(raw)
+        return response
+
+    async def disconnect(self) -> None:
+        if self._http is not None:
+            await self._http.close()
 
 
 def payload_hash(workers: tuple[str, ...], amounts: tuple[int, ...]) -> str:
@@ -124,7 +161,7 @@ class ChainClient:
     ) -> "ChainClient":
         """Connect and check the distributor: this key must be its orchestrator, and a `max_batch`
         setting, when given, must not exceed its `maxBatch` (or every batch would revert)."""
-        w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        w3 = AsyncWeb3(_Provider(rpc_url, timeout_s))
         chain_id = await w3.eth.chain_id
         client = cls(w3, distributor, key, chain_id=chain_id, **options)
         orchestrator = await client.distributor.functions.orchestrator().call()
