@@ -81,8 +81,11 @@ class _Provider(AsyncHTTPProvider):
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=True)
         headers = {"Content-Type": "application/json"}
-        async with self._http.post(self._url, data=data, headers=headers) as response:
-            return await response.read()
+        try:
+            async with self._http.post(self._url, data=data, headers=headers) as response:
+                return await response.read()
+        except aiohttp.ClientConnectionError as error:  # refused, or dropped mid-request
+            raise ConnectionError(f"{self._url}: {error}") from error
 
     async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
         return await self._post(request_data)
