@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from eth_account import Account
 
-from krewe.devchain import dev_key
+from krewe.devchain import dev_key, free_port
 from krewe.orchestrator.api.access import access_middleware
 from krewe.orchestrator.api.errors import error_middleware
 from krewe.orchestrator.config import OrchestratorSettings
@@ -215,3 +215,25 @@ async def test_orchestrators_on_one_redis_share_records_scores_and_rate_limits(
     third = await make_harness(store=redis_url)
     assert len(scored) == 3
     assert set(third.orchestrator.pool.scores) == scored
+
+
+async def test_a_redis_that_does_not_answer_refuses_logins_with_1013_and_requests_with_503(
+    serve: Serve,
+) -> None:
+    gone = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        _, url = await endpoint_at(serve, RedisNonces(gone, 70))
+        async with miner(url) as refused:
+            reply = await refused.connect()
+        limiter = RedisRateLimiter(gone, rate=1, burst=1)
+        app = web.Application(
+            middlewares=[error_middleware(Metrics()), access_middleware(frozenset(), frozenset(), limiter)]
+        )
+        base = await serve(app)
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/v1/models") as response:
+            status, retry_after = response.status, response.headers.get("Retry-After")
+            body = await response.json()
+    finally:
+        await gone.aclose()
+    assert (reply["code"], refused.close_code) == ("store_unavailable", CloseCode.TRY_AGAIN_LATER)
+    assert (status, retry_after, body["error"]["code"]) == (503, "1", "store_unavailable")

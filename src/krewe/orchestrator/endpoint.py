@@ -41,6 +41,7 @@ from krewe.orchestrator.config import OrchestratorSettings
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.nonces import UsedNonces
 from krewe.orchestrator.pool import Session, SessionPool
+from krewe.orchestrator.shared import StoreUnavailableError
 from krewe.protocol import siwe
 from krewe.protocol.messages import (
     Auth,
@@ -216,7 +217,13 @@ class WorkerEndpoint:
             signer = siwe.verify(auth.message, auth.signature, expected=challenge, now=self._wall_clock())
         except siwe.SiweError as error:
             raise _auth_failed(str(error)) from None
-        if not await self._nonces.use(challenge.nonce):
+        try:
+            fresh = await self._nonces.use(challenge.nonce)
+        except StoreUnavailableError as error:
+            log.warning("refusing a login: %s", error)
+            message = "cannot reach the store instances share now; retry later"
+            raise _RefusedError(CloseCode.TRY_AGAIN_LATER, ErrorCode.STORE_UNAVAILABLE, message) from None
+        if not fresh:
             raise _auth_failed(f"the nonce {challenge.nonce} was already used")
         await self._check_registered(signer)
         now = self._clock()

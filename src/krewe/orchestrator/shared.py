@@ -10,9 +10,11 @@ the interface of its single-instance twin:
 
 Scores and records are written in batches (one pipeline each), as their twins write one
 transaction; a nonce and a token are taken one request at a time, since the answer decides the
-request. A token bucket is read and changed in one Lua script that reads Redis's clock (TIME), so
-instances whose clocks disagree still count the same time. A caller's API key is hashed before it
-names a key, so that keys never appear in Redis. docs/operations.md lists the keys for operators.
+request, and a Redis that fails to answer them is a `StoreUnavailableError` (which the miners'
+endpoint answers with 1013 and the API with 503 `store_unavailable`). A token bucket is read and
+changed in one Lua script that reads Redis's clock (TIME), so instances whose clocks disagree still
+count the same time. A caller's API key is hashed before it names a key, so that keys never appear
+in Redis. docs/operations.md lists the keys for operators.
 """
 
 import asyncio
@@ -38,6 +40,7 @@ __all__ = [
     "RedisNonces",
     "RedisRateLimiter",
     "RedisScoreStore",
+    "StoreUnavailableError",
     "connect",
 ]
 
@@ -59,13 +62,20 @@ def connect(url: str) -> "redis.asyncio.Redis":
     )
 
 
+class StoreUnavailableError(Exception):
+    """Redis did not answer a call that a login or a request waits for."""
+
+
 class RedisNonces:
     def __init__(self, client: "redis.asyncio.Redis", ttl_s: int) -> None:
         self._client = client
         self._ttl_s = ttl_s
 
     async def use(self, nonce: str) -> bool:
-        return bool(await self._client.set(NONCE_PREFIX + nonce, b"", nx=True, ex=self._ttl_s))
+        try:
+            return bool(await self._client.set(NONCE_PREFIX + nonce, b"", nx=True, ex=self._ttl_s))
+        except (RedisError, OSError) as error:
+            raise StoreUnavailableError(f"recording a used nonce failed: {error}") from error
 
 
 class RedisScoreStore:
@@ -155,7 +165,10 @@ class RedisRateLimiter:
     async def take(self, caller: str) -> float:
         """0 if the caller may go now, else the seconds until it may."""
         bucket = RATE_PREFIX + hashlib.sha256(caller.encode()).hexdigest()
-        return float(await self._take(keys=[bucket], args=[repr(self.rate), self.burst]))
+        try:
+            return float(await self._take(keys=[bucket], args=[repr(self.rate), self.burst]))
+        except (RedisError, OSError) as error:
+            raise StoreUnavailableError(f"taking a rate-limit token failed: {error}") from error
 
 
 class RedisJobStore:

@@ -67,7 +67,7 @@ class CloseCode:
     NORMAL = 1000
     GOING_AWAY = 1001  # orchestrator shutting down
     MESSAGE_TOO_BIG = 1009
-    TRY_AGAIN_LATER = 1013  # the registry could not be read
+    TRY_AGAIN_LATER = 1013  # the registry, or the store instances share, could not be read
     HEARTBEAT_TIMEOUT = 4000
     BAD_MESSAGE = 4400
     AUTH_FAILED = 4401
@@ -86,6 +86,7 @@ class ErrorCode:
     TOO_MANY_VIOLATIONS = "too_many_violations"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     REGISTRY_UNAVAILABLE = "registry_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 class ModelOffer(msgspec.Struct, frozen=True):

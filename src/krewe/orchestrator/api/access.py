@@ -23,6 +23,7 @@ Retry-After when it is empty), on this instance (`RateLimiter`) or shared by eve
 
 import base64
 import binascii
+import logging
 import math
 
 from aiohttp import web
@@ -31,9 +32,11 @@ from aiohttp.typedefs import Handler, Middleware
 from krewe.orchestrator.api.errors import ApiError
 from krewe.orchestrator.api.statements import SIGNATURE_HEADER, STATEMENT_ROUTE, signed_worker
 from krewe.orchestrator.ratelimit import RateLimiter
-from krewe.orchestrator.shared import RedisRateLimiter
+from krewe.orchestrator.shared import RedisRateLimiter, StoreUnavailableError
 
 __all__ = ["OPEN_PATHS", "OPERATOR_ROUTES", "access_middleware"]
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/workers/connect"})
 OPERATOR_ROUTES = frozenset(
@@ -53,7 +56,12 @@ def access_middleware(
         caller = request.remote or "unknown"
         if keyed:
             caller = caller_of(request, api_keys, admin_keys) or caller
-        wait = limiter.take(caller) if isinstance(limiter, RateLimiter) else await limiter.take(caller)
+        try:
+            wait = limiter.take(caller) if isinstance(limiter, RateLimiter) else await limiter.take(caller)
+        except StoreUnavailableError as error:
+            log.warning("refusing a request: %s", error)
+            message = "the store instances share cannot be reached now; retry later"
+            raise ApiError(503, "store_unavailable", message, {"Retry-After": "1"}) from None
         if wait:
             retry = str(max(1, math.ceil(wait)))
             raise ApiError(
