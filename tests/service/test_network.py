@@ -423,3 +423,27 @@ async def test_a_miner_logging_in_at_another_orchestrator_closes_its_first_sessi
         lambda: getattr(a.orchestrator.pool.sessions.get(first.address), "remote", "") == "b",
         what="a to see the miner at b",
     )
+
+
+async def test_a_job_sent_while_a_login_is_announced_reaches_the_miner_after_its_welcome(
+    make_harness: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a: Harness = await make_harness(store=redis_url, instance_id="a", replicas=1, threshold=1)
+    network = a.orchestrator.network
+    assert network is not None
+    announce = network.logged_in
+    jobs: list[asyncio.Future[tuple[int, dict[str, Any]]]] = []
+
+    async def a_job_during_the_announcement(session: Session) -> None:
+        """The Redis round trip of a login, with a client's job dispatched to the new session in it."""
+        body = {"model": "test-model", "task": "chat", "input": CHAT}
+        jobs.append(asyncio.ensure_future(post(a, "/v1/jobs", body)))
+        await until(lambda: session.in_flight == 1, what="the job sent to the new session")
+        await announce(session)
+
+    monkeypatch.setattr(network, "logged_in", a_job_during_the_announcement)
+    miner = await a.miner(0).__aenter__()
+    assert (await miner.connect())["type"] == "welcome"  # the miner takes no job before it
+    status, body = await asyncio.wait_for(jobs[0], timeout=10)
+    assert status == 200 and body["verdict"] == "agreed", repr(body)
+    assert miner.jobs == [body["job_id"]]

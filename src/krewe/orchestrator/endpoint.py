@@ -237,7 +237,12 @@ class WorkerEndpoint:
             now,
             now,
         )
+        heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
+        welcome = encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes))
         previous = self._pool.add(session)
+        # from here the router may send the session jobs: the welcome goes first, with no await
+        # before it, since a miner takes no job before its welcome
+        await socket.send(welcome)
         self._ping_due.append((now + self.settings.heartbeat_s, session))
         self._metrics.miners.set(self._pool.connected_here)
         if previous is not None:
@@ -247,8 +252,6 @@ class WorkerEndpoint:
         if self._presence is not None:
             await self._presence.logged_in(session)
         self._metrics.logins.labels("ok").inc()
-        heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
-        await socket.send(encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes)))
         offers = ", ".join(f"{offer.id} ({'/'.join(offer.tasks)})" for offer in auth.models)
         log.info("miner %s logged in (%s; %s)", signer, untrusted(auth.agent), untrusted(offers))
         return session
