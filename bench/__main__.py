@@ -1,6 +1,6 @@
 """Every benchmark in one run, one table, and optionally one JSON file.
 
-    python -m bench [--quick] [--json PATH]
+    python -m bench [--quick] [--json PATH] [--only SECTION]
 
 Each part starts what it measures as real processes on 127.0.0.1 (anvil, the orchestrator, the
 miners, the load generator) and stops them by PID. `--quick` is a smoke run of a few minutes at
@@ -8,7 +8,9 @@ most, with smaller counts and shorter phases; its numbers are not the targets' m
 
 The orchestrator and the bare fan-out baseline run side by side, each with its own miners, and
 each point is measured on one and then at once on the other, so that both see the same background
-load. The orchestrator runs as in production, paying for the benchmark's model: every agreed job
+load. The scale-out section measures closed-loop throughput through one instance with the SQLite
+store, one with the Redis store, and two sharing one Redis, each with half the miners and half the
+clients. The orchestrator runs as in production, paying for the benchmark's model: every agreed job
 credits its miners durably before the caller hears of it, and a settlement runs every
 `SETTLEMENT_WINDOW_S`, so each latency point spans settlements. A point lasts `POINT_S`, so that its
 p99.9 is the 10th (at 500 jobs/s) or 20th (at 1,000) slowest answer rather than the slowest. Around
@@ -23,6 +25,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
@@ -34,7 +37,8 @@ from rich.table import Table
 
 from bench import canonical, gas, ledger
 from bench.network import Process, chain, orchestrator, python
-from krewe.devchain import free_port
+from krewe.devchain import Deployment, free_port
+from krewe.redisproc import RedisServer
 
 TARGETS = {
     "krewe_over_baseline": 0.5,  # the long-term goal is 0.75
@@ -54,12 +58,19 @@ REWARD_WEI = 1000
 
 
 def load(url: str, *args: str) -> dict[str, Any]:
-    process = Process(python("bench.load", "--url", url, *args))
-    try:
-        result: dict[str, Any] = json.loads(process.read_line(timeout_s=600))
-        return result
-    finally:
-        process.stop()
+    [result] = load_at_once([url], *args)
+    return result
+
+
+def load_at_once(urls: list[str], *args: str) -> list[dict[str, Any]]:
+    """One load generator per URL, all started together, each with the same arguments."""
+    with ExitStack() as stack:
+        processes = []
+        for url in urls:
+            process = Process(python("bench.load", "--url", url, *args))
+            stack.callback(process.stop)
+            processes.append(process)
+        return [json.loads(process.read_line(timeout_s=600)) for process in processes]
 
 
 def start_miners(
@@ -70,11 +81,13 @@ def start_miners(
     protocol: str = "krewe",
     idle: bool = False,
     per_process: int = 2500,
+    first_index: int = 0,
 ) -> list[Process]:
-    """Miner processes, `per_process` miners each, once all are connected; each logs to workdir."""
+    """Miner processes, `per_process` miners each, once all are connected; each logs to workdir.
+    The miners are bench miners `first_index` to `first_index + count - 1`."""
     processes = []
-    for first in range(0, count, per_process):
-        size = min(per_process, count - first)
+    for first in range(first_index, first_index + count, per_process):
+        size = min(per_process, first_index + count - first)
         args = ["--url", url, "--first", str(first), "--count", str(size), "--protocol", protocol]
         log = workdir / f"miners-{protocol}-{first}.log"
         processes.append(Process(python("bench.miners", *args, *(["--idle"] if idle else [])), log=log))
@@ -90,26 +103,32 @@ def start_miners(
     return processes
 
 
+def closed_loop_size(quick: bool) -> tuple[int, int, float]:
+    """Miners, clients and seconds of the closed-loop throughput measurements."""
+    return (30, 32, 2.0) if quick else (300, 128, 10.0)
+
+
+def production_settings(quick: bool, deployment: Deployment) -> dict[str, Any]:
+    """The orchestrator's settings under load: production, but for what the benchmark needs."""
+    return {
+        "rate_limit_per_s": 10**9,
+        "rate_limit_burst": 10**9,
+        "model_rewards": f"bench-model={REWARD_WEI}",
+        "settlement_window_s": 2.0 if quick else SETTLEMENT_WINDOW_S,
+        "settlement_confirmations": 0,  # anvil mines only on demand: no block would come
+        "chain_from_block": deployment.block,
+    }
+
+
 def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
-    miners = 30 if quick else 300
-    seconds = "2" if quick else "10"
+    miners, client_count, closed_s = closed_loop_size(quick)
+    seconds, clients = f"{closed_s:g}", str(client_count)
     point_s = "2" if quick else str(POINT_S)
     rates = (200, 500) if quick else (*TARGET_RATES, 2000)
-    clients = "32" if quick else "128"
     measured: dict[str, Any] = {"krewe": {"open": []}, "baseline": {"open": []}}
     with chain(miners) as (anvil, deployment), ExitStack() as stack:
         _, krewe = stack.enter_context(
-            orchestrator(
-                anvil,
-                deployment,
-                workdir,
-                rate_limit_per_s=10**9,
-                rate_limit_burst=10**9,
-                model_rewards=f"bench-model={REWARD_WEI}",
-                settlement_window_s=2.0 if quick else SETTLEMENT_WINDOW_S,
-                settlement_confirmations=0,  # anvil mines only on demand: no block would come
-                chain_from_block=deployment.block,
-            )
+            orchestrator(anvil, deployment, workdir, **production_settings(quick, deployment))
         )
         for miner in start_miners(krewe.replace("http", "ws") + "/v1/workers/connect", miners, workdir):
             stack.callback(miner.stop)
@@ -183,6 +202,57 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
     }
 
 
+def scale_out(quick: bool, workdir: Path) -> dict[str, Any]:
+    """Closed-loop jobs/s through one instance (SQLite store, then Redis store) and through two
+    instances sharing one Redis. With two, each instance has half the miners (each miner connects
+    to one instance) and its own load generator with half the clients, all started together; the
+    jobs/s are their sum. Each phase has its own chain and redis-server, so no state carries over."""
+    miners, clients, seconds = closed_loop_size(quick)
+    phases: list[dict[str, Any]] = []
+    for store, instances in (("sqlite", 1), ("redis", 1), ("redis", 2)):
+        with chain(miners) as (anvil, deployment), ExitStack() as stack:
+            settings = production_settings(quick, deployment)
+            if store == "redis":
+                redis = RedisServer.start(workdir / f"redis-{len(phases)}")
+                stack.callback(redis.stop)
+                settings["store"] = redis.url
+            urls = []
+            for instance in range(instances):
+                named = {"instance_id": f"bench-{instance}"} if store == "redis" else {}
+                _, url = stack.enter_context(orchestrator(anvil, deployment, workdir, **settings, **named))
+                share = miners // instances
+                for process in start_miners(
+                    url.replace("http", "ws") + "/v1/workers/connect",
+                    share,
+                    workdir,
+                    first_index=instance * share,
+                ):
+                    stack.callback(process.stop)
+                urls.append(url)
+            results = load_at_once(urls, "--closed", str(clients // instances), "--seconds", f"{seconds:g}")
+        phases.append(
+            {
+                "store": store,
+                "instances": instances,
+                "jobs_per_s": round(sum(result["jobs_per_s"] for result in results), 1),
+                "errors": sum(result["errors"] for result in results),
+                "per_instance_jobs_per_s": [result["jobs_per_s"] for result in results],
+            }
+        )
+    sqlite, one, two = (phase["jobs_per_s"] for phase in phases)
+    return {
+        "sqlite_one_instance_jobs_per_s": sqlite,
+        "one_instance_jobs_per_s": one,
+        "two_instances_jobs_per_s": two,
+        "two_over_one": round(two / one, 3) if one else None,
+        "cores": os.cpu_count(),
+        "miners": miners,
+        "clients": clients,
+        "seconds": seconds,
+        "phases": phases,
+    }
+
+
 def scrape(url: str) -> dict[str, float]:
     """Every sample of /metrics (which also clears the largest event-loop lag it reports)."""
     text = requests.get(url + "/metrics", timeout=30).text
@@ -251,7 +321,17 @@ def idle_connections(quick: bool, workdir: Path) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> dict[str, Any]:
+SECTIONS: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
+    "throughput": throughput_and_latency,
+    "scale_out": lambda quick, workdir: {"scale_out": scale_out(quick, workdir)},
+    "connections": lambda quick, workdir: {"connections": idle_connections(quick, workdir)},
+    "canonical": lambda quick, workdir: {"canonical": canonical.measure()},
+    "ledger": lambda quick, workdir: {"ledger": ledger.measure(quick=quick)},
+    "gas": lambda quick, workdir: {"gas": gas.measure()},
+}
+
+
+def run(quick: bool, sections: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="krewe-bench-") as name:
         workdir = Path(name)
         started = time.monotonic()
@@ -266,11 +346,8 @@ def run(quick: bool) -> dict[str, Any]:
             "versions": {name: version(name) for name in ("krewe", "aiohttp", "uvloop", "web3", "orjson")},
             "quick": quick,
         }
-        report |= throughput_and_latency(quick, workdir)
-        report["connections"] = idle_connections(quick, workdir)
-        report["canonical"] = canonical.measure()
-        report["ledger"] = ledger.measure(quick=quick)
-        report["gas"] = gas.measure()
+        for section in sections:
+            report |= SECTIONS[section](quick, workdir)
         report["seconds"] = round(time.monotonic() - started, 1)
     return report
 
@@ -281,7 +358,23 @@ def table(report: dict[str, Any]) -> Table:
     )
     for column in ("measure", "value", "target"):
         rows.add_column(column, justify="right" if column != "measure" else "left")
-    t, c, g, lag = report["throughput"], report["connections"], report["gas"], report["loop_lag"]
+    if "throughput" in report:
+        throughput_rows(rows, report)
+    if "scale_out" in report:
+        scale_out_rows(rows, report["scale_out"])
+    if "connections" in report:
+        connections_rows(rows, report["connections"])
+    if "canonical" in report:
+        canonical_rows(rows, report["canonical"])
+    if "ledger" in report:
+        ledger_rows(rows, report["ledger"])
+    if "gas" in report:
+        gas_rows(rows, report["gas"])
+    return rows
+
+
+def throughput_rows(rows: Table, report: dict[str, Any]) -> None:
+    t, lag = report["throughput"], report["loop_lag"]
     rows.add_row("max jobs/s (closed loop, 3 replicas)", f"{t['max_jobs_per_s']:,.0f}", "")
     rows.add_row("bare fan-out baseline jobs/s, same run", f"{t['baseline_max_jobs_per_s']:,.0f}", "")
     rows.add_row(
@@ -319,6 +412,23 @@ def table(report: dict[str, Any]) -> Table:
         f"{lag['max_ms']} ms",
         f"≤ {TARGETS['loop_lag_max_ms']:g} ms",
     )
+
+
+def scale_out_rows(rows: Table, s: dict[str, Any]) -> None:
+    rows.add_row(
+        f"scale-out, closed loop jobs/s ({s['clients']} clients, {s['miners']} miners): "
+        "1 instance, SQLite store",
+        f"{s['sqlite_one_instance_jobs_per_s']:,.0f}",
+        "",
+    )
+    rows.add_row("  1 instance, Redis store", f"{s['one_instance_jobs_per_s']:,.0f}", "")
+    rows.add_row(
+        "  2 instances, one Redis (miners and clients split)", f"{s['two_instances_jobs_per_s']:,.0f}", ""
+    )
+    rows.add_row(f"  2 instances ÷ 1 instance, Redis ({s['cores']} cores)", f"{s['two_over_one']}", "")
+
+
+def connections_rows(rows: Table, c: dict[str, Any]) -> None:
     rows.add_row(
         f"RSS per idle miner ({c['idle_miners']:,} connected)", f"{c['rss_bytes_per_conn']:,} B", "≤ 20,000 B"
     )
@@ -327,32 +437,41 @@ def table(report: dict[str, Any]) -> Table:
         f"{c['heartbeat_cpu_pct']} %",
         f"≤ {TARGETS['heartbeat_cpu_pct']:g} %",
     )
-    for item in report["canonical"]:
+
+
+def canonical_rows(rows: Table, items: list[dict[str, Any]]) -> None:
+    for item in items:
         rows.add_row(
             f"digest, {item['output']} output ({item['bytes']:,} B)",
             f"{item['digest_us']:.1f} µs",
             "≤ 20 µs" if item["output"] == "chat" else "",
         )
         rows.add_row(f"parse_strict, {item['output']} output", f"{item['parse_strict_us']:.1f} µs", "")
-    for item in report["ledger"]:
+
+
+def ledger_rows(rows: Table, items: list[dict[str, Any]]) -> None:
+    for item in items:
         if "credits_per_s" in item:
             rows.add_row(
                 f"ledger credits/s, {item['group']} per commit",
                 f"{item['credits_per_s']:,.0f}",
                 "≥ 50,000" if item["group"] != 1 else "",
             )
+
+
+def gas_rows(rows: Table, g: dict[str, Any]) -> None:
     rows.add_row("gas per first credit (batch of 500)", f"{g['first_credit']:,.0f}", "≤ 25,000")
     rows.add_row("gas per repeat credit (batch of 500)", f"{g['repeat_credit']:,.0f}", "≤ 7,000")
     rows.add_row("recipients per 16.7M-gas transaction", f"{g['max_recipients_per_tx']:,}", "≥ 500")
-    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: small counts, short phases")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section alone")
     args = parser.parse_args()
-    report = run(args.quick)
+    report = run(args.quick, [args.only] if args.only else list(SECTIONS))
     Console().print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -36,3 +36,12 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     assert report["loop_lag"]["samples"] > 0 and report["loop_lag"]["max_ms"] >= 0
     assert {"idle_miners", "rss_bytes_per_conn", "heartbeat_cpu_pct"} <= set(report["connections"])
     assert {"first_credit", "repeat_credit", "max_recipients_per_tx"} <= set(report["gas"])
+    scale_out = report["scale_out"]
+    for key in ("sqlite_one_instance_jobs_per_s", "one_instance_jobs_per_s", "two_instances_jobs_per_s"):
+        assert scale_out[key] > 0
+    assert scale_out["cores"] >= 1
+    assert [(phase["store"], phase["instances"]) for phase in scale_out["phases"]] == [
+        ("sqlite", 1),
+        ("redis", 1),
+        ("redis", 2),
+    ]
