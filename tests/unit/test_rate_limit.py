@@ -1,6 +1,7 @@
 """The per-caller token bucket: on an injected clock (one instance), and in Redis on Redis's own
 clock (shared by every instance)."""
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -8,7 +9,7 @@ import pytest
 import redis.asyncio
 
 from krewe.orchestrator.ratelimit import RateLimiter
-from krewe.orchestrator.shared import RATE_PREFIX, RedisRateLimiter, connect
+from krewe.orchestrator.shared import RATE_PREFIX, REDIS_CONNECTIONS, RedisRateLimiter, connect
 
 
 class Clock:
@@ -96,3 +97,13 @@ async def test_a_redis_bucket_names_no_api_key_and_expires_once_full(
     await limiter.take("sk-secret-key")
     assert [key async for key in client.scan_iter()] == [bucket_of("sk-secret-key").encode()]
     assert 1_000 < await client.pttl(bucket_of("sk-secret-key")) <= 1_250  # a token refills in 250 ms
+
+
+async def test_more_requests_at_once_than_the_pool_has_connections_wait_for_one(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        limiter = RedisRateLimiter(client, rate=1000.0, burst=1000)
+        waits = await asyncio.gather(*(limiter.take(f"caller-{i}") for i in range(REDIS_CONNECTIONS * 4)))
+    finally:
+        await client.aclose()
+    assert waits == [0.0] * (REDIS_CONNECTIONS * 4)  # every caller's first token, none refused

@@ -53,13 +53,21 @@ JOB_PREFIX = "krewe:job:"
 
 # Seconds a command may take before it fails, instead of holding a login or a request forever.
 REDIS_TIMEOUT_S = 5.0
+REDIS_CONNECTIONS = 64  # per instance; commands are short, so a few dozen carry thousands a second
 
 
 def connect(url: str) -> "redis.asyncio.Redis":
-    """The client every store of this instance shares (a pool of connections to `url`)."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    """The client every store of this instance shares: a pool of connections to `url` in which a
+    command waits (up to REDIS_TIMEOUT_S) for a free connection when all are busy, rather than fail
+    at once as redis-py's default pool does past its limit under load."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 class StoreUnavailableError(Exception):
