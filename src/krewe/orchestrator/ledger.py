@@ -59,6 +59,7 @@ __all__ = [
     "StatementCursor",
     "StatementPayout",
     "WorkerTotals",
+    "statement_page",
 ]
 
 
@@ -258,6 +259,29 @@ class LedgerStore(Protocol):
     def close(self) -> None: ...
 
 
+def statement_page(
+    worker: str,
+    totals: WorkerTotals,
+    credits: list[StatementCredit],
+    payouts: list[StatementPayout],
+    *,
+    cursor: StatementCursor,
+    limit: int,
+) -> Statement:
+    """A page of `worker`'s statement from up to `limit` + 1 of its credits and payouts after
+    `cursor`, newest first: an entry past `limit` only tells that more follow."""
+    credits_done, payouts_done = len(credits) <= limit, len(payouts) <= limit
+    credits, payouts = credits[:limit], payouts[:limit]
+    following = StatementCursor(
+        (credits[-1].at_ms, credits[-1].job_id) if credits else cursor.credits_before,
+        payouts[-1].batch_id if payouts else cursor.payouts_before,
+        credits_done,
+        payouts_done,
+    )
+    last = credits_done and payouts_done
+    return Statement(worker, totals, credits, payouts, None if last else following)
+
+
 class RewardLedger:
     def __init__(
         self, store: LedgerStore, *, clock: Callable[[], float] = time.time, index_every: int = 128
@@ -407,17 +431,8 @@ class RewardLedger:
         payouts: list[StatementPayout] = []
         if not cursor.payouts_done:
             payouts = self._store.payouts_of(worker, cursor.payouts_before, limit + 1)
-        credits_done, payouts_done = len(credits) <= limit, len(payouts) <= limit
-        credits, payouts = credits[:limit], payouts[:limit]
-        following = StatementCursor(
-            (credits[-1].at_ms, credits[-1].job_id) if credits else cursor.credits_before,
-            payouts[-1].batch_id if payouts else cursor.payouts_before,
-            credits_done,
-            payouts_done,
-        )
         totals = self.earnings([worker])[worker]
-        last = credits_done and payouts_done
-        return Statement(worker, totals, credits, payouts, None if last else following)
+        return statement_page(worker, totals, credits, payouts, cursor=cursor, limit=limit)
 
     def close(self) -> None:
         """Write every credit kept in memory to the statement entries (so that the next start

@@ -61,6 +61,7 @@ from krewe.orchestrator.ledger import (
     StatementCursor,
     StatementPayout,
     WorkerTotals,
+    statement_page,
 )
 from krewe.settings import SettingsError
 
@@ -436,17 +437,8 @@ class RedisLedger:
             raise LedgerError(f"a statement page holds at least one entry, not {limit}")
         credits = [] if cursor.credits_done else self._credits_of(worker, cursor.credits_before, limit + 1)
         payouts = [] if cursor.payouts_done else self._payouts_of(worker, cursor.payouts_before, limit + 1)
-        credits_done, payouts_done = len(credits) <= limit, len(payouts) <= limit
-        credits, payouts = credits[:limit], payouts[:limit]
-        following = StatementCursor(
-            (credits[-1].at_ms, credits[-1].job_id) if credits else cursor.credits_before,
-            payouts[-1].batch_id if payouts else cursor.payouts_before,
-            credits_done,
-            payouts_done,
-        )
         totals = self.earnings([worker])[worker]
-        last = credits_done and payouts_done
-        return Statement(worker, totals, credits, payouts, None if last else following)
+        return statement_page(worker, totals, credits, payouts, cursor=cursor, limit=limit)
 
     def _credits_of(self, worker: str, before: tuple[int, str] | None, limit: int) -> list[StatementCredit]:
         newest = b"+" if before is None else b"(" + _stamp(before[0]) + before[1].encode()
