@@ -9,10 +9,17 @@ tests/adversarial (the same seed gives the same probes), `--workers` connections
 checks every answer against docs/protocol.md. After every batch it checks that /healthz answers
 and that the honest miners still get a job and agree, and reads the orchestrator's RSS.
 
-It prints a table of what was tried and what came back; `--json` also writes `frames`, `requests`,
-`unexpected` (answers outside the documented set), `crashes`, `hangs` and `rss_growth_pct` (from
-the end of the first batch, so that start-up allocations are not counted). Every loop is bounded
-in count and in time (`--time-limit`); everything runs on 127.0.0.1; processes are stopped by PID.
+Before them comes a warm-up, checked the same way: frame probes for `--warmup-s` seconds, then one
+batch of HTTP probes. Its length is how long a used login nonce is remembered (`nonce_ttl_s`, 70 s
+with the default `auth_timeout_s`) and a little more: until then the store of used nonces grows
+with every login (to the login rate times that TTL) and then stays at that size, which is what
+it is for; and by then every code path has run once.
+
+It prints a table of what was tried and what came back; `--json` also writes `frames`, `requests`
+(the probes after the warm-up), `unexpected` (answers outside the documented set), `crashes`,
+`hangs` (these three over the warm-up too) and `rss_growth_pct` (from the end of the warm-up to the
+end). Every loop is bounded in count and in time (`--time-limit`); everything runs on 127.0.0.1;
+processes are stopped by PID.
 """
 
 import argparse
@@ -46,12 +53,15 @@ from tests.support.scripted_miner import ScriptedMiner
 
 from bench.network import Process, chain, miner_address, miner_key, orchestrator
 from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.nonces import nonce_ttl_s
 
 HOST = "127.0.0.1"
 HONEST_MINERS = 3
 BATCH = 1000  # probes drawn at once; health and RSS are checked after each batch
 UNREGISTERED = 10**6  # the index of a bench key that is never registered
 DEFAULTS = OrchestratorSettings()
+WARMUP_S = nonce_ttl_s(DEFAULTS.auth_timeout_s) + 5
+WARMUP_SEED = 9_000  # warm-up probes are drawn from seeds of their own
 
 
 def draw_frames(seed: int, count: int) -> list[Any]:
@@ -76,8 +86,10 @@ class Run:
         self.started = time.monotonic()
         self.deadline = self.started + args.time_limit
         self.frames, self.requests = Tally(), Tally()
+        self.warmup_frames, self.warmup_requests = Tally(), Tally()
         self.health = Counter[str]()
         self.rss: list[int] = []
+        self.warmed_up = 0  # the index in `rss` of the reading at the end of the warm-up
 
     async def fuzz(
         self,
@@ -85,14 +97,18 @@ class Run:
         total: int,
         draw: Callable[[int, int], list[Any]],
         make: Callable[[int], FrameFuzzer | HttpFuzzer],
+        *,
+        seeds: int = 0,
+        until: float | None = None,
     ) -> None:
-        """`total` probes in batches: the next batch is drawn in another process while one runs."""
+        """`total` probes in batches (fewer if `until`, a monotonic time, comes first); the next
+        batch is drawn in another process while one runs. Batch i is drawn from seed `seeds` + i."""
         if total <= 0:
             return
         fuzzers = [make(worker) for worker in range(self.args.workers)]
         loop = asyncio.get_running_loop()
         batches = [
-            (self.args.seed * 10_000 + index, min(BATCH, total - start))
+            (self.args.seed * 10_000 + seeds + index, min(BATCH, total - start))
             for index, start in enumerate(range(0, total, BATCH))
         ]
         with ProcessPoolExecutor(max_workers=1) as generator:
@@ -109,11 +125,14 @@ class Run:
                 )
                 await self.check()
                 done, elapsed = sum(tally.tried.values()), time.monotonic() - self.started
+                of = "" if until is not None else f" of {total:,}"
                 print(
-                    f"  {done:,} of {total:,} probes, {len(tally.unexpected)} unexpected, {elapsed:.0f} s",
+                    f"  {done:,}{of} probes, {len(tally.unexpected)} unexpected, {elapsed:.0f} s,"
+                    f" RSS {self.rss[-1] / 2**20:.1f} MiB",
                     flush=True,
                 )
-                if time.monotonic() > self.deadline or self.process.popen.poll() is not None:
+                over = until is not None and time.monotonic() >= until
+                if over or time.monotonic() > self.deadline or self.process.popen.poll() is not None:
                     generator.shutdown(cancel_futures=True)
                     return
 
@@ -138,50 +157,59 @@ async def fuzz(args: argparse.Namespace, process: Process, url: str) -> Run:
             if (await miner.connect())["type"] != "welcome":
                 raise RuntimeError(f"honest miner {index} could not log in")
         await run.check()
-        print(f"frames: {args.frames:,} probes, {args.workers} connections at a time", flush=True)
-        await run.fuzz(
-            run.frames,
-            args.frames,
-            draw_frames,
-            lambda worker: FrameFuzzer(
-                HOST, run.port, worker_keys(worker), max_violations=DEFAULTS.max_violations
-            ),
-        )
         async with aiohttp.ClientSession() as http, http.get(url + "/openapi.json") as response:
             document = await response.json()
         routes = [(method.upper(), path) for path, item in document["paths"].items() for method in item]
+
+        def frame_fuzzer(worker: int) -> FrameFuzzer:
+            return FrameFuzzer(HOST, run.port, worker_keys(worker), max_violations=DEFAULTS.max_violations)
+
+        def http_fuzzer(worker: int) -> HttpFuzzer:
+            return HttpFuzzer(HOST, run.port)
+
+        draw_http = functools.partial(draw_requests, routes=routes)
+        if args.warmup_s > 0:
+            print(f"warm-up: frame probes for {args.warmup_s:g} s, then {BATCH:,} HTTP probes", flush=True)
+            until = time.monotonic() + args.warmup_s
+            warmup = run.warmup_frames
+            await run.fuzz(warmup, 10**9, draw_frames, frame_fuzzer, seeds=WARMUP_SEED, until=until)
+            await run.fuzz(run.warmup_requests, BATCH, draw_http, http_fuzzer, seeds=WARMUP_SEED)
+        run.warmed_up = len(run.rss) - 1
+        print(f"frames: {args.frames:,} probes, {args.workers} connections at a time", flush=True)
+        await run.fuzz(run.frames, args.frames, draw_frames, frame_fuzzer)
         print(f"requests: {args.requests:,} probes over {len(routes)} routes", flush=True)
-        await run.fuzz(
-            run.requests,
-            args.requests,
-            functools.partial(draw_requests, routes=routes),
-            lambda worker: HttpFuzzer(HOST, run.port),
-        )
+        await run.fuzz(run.requests, args.requests, draw_http, http_fuzzer)
     return run
 
 
 def report(run: Run, seconds: float) -> dict[str, Any]:
     frames, requests = run.frames, run.requests
+    tallies = (run.warmup_frames, run.warmup_requests, frames, requests)
     exited = run.process.popen.poll() is not None
-    baseline = run.rss[1] if len(run.rss) > 1 else run.rss[0]
+    baseline = run.rss[run.warmed_up]
     return {
         "frames": sum(frames.tried.values()),
         "requests": sum(requests.tried.values()),
-        "unexpected": len(frames.unexpected) + len(requests.unexpected),
-        "crashes": frames.crashes + requests.crashes + exited,
-        "hangs": frames.hangs + requests.hangs,
+        "unexpected": sum(len(tally.unexpected) for tally in tallies),
+        "crashes": sum(tally.crashes for tally in tallies) + exited,
+        "hangs": sum(tally.hangs for tally in tallies),
         "rss_growth_pct": round(100 * (run.rss[-1] - baseline) / baseline, 1),
         "rss_bytes": {
             "start": run.rss[0],
-            "after_first_batch": baseline,
+            "after_warmup": baseline,
             "end": run.rss[-1],
             "max": max(run.rss),
+        },
+        "warmup": {
+            "seconds": run.args.warmup_s,
+            "frames": sum(run.warmup_frames.tried.values()),
+            "requests": sum(run.warmup_requests.tried.values()),
         },
         "health_checks": dict(run.health),
         "seconds": round(seconds, 1),
         "seed": run.args.seed,
         "workers": run.args.workers,
-        "unexpected_examples": (frames.unexpected + requests.unexpected)[:50],
+        "unexpected_examples": [problem for tally in tallies for problem in tally.unexpected][:50],
         "classes": {
             kind: {
                 label: {
@@ -206,6 +234,8 @@ def table(result: dict[str, Any]) -> Table:
             )
             rows.add_row(kind, label, f"{seen['tried']:,}", answers)
     rows.add_section()
+    warmup = result["warmup"]
+    rows.add_row("warm-up", f"{warmup['seconds']:g} s", f"{warmup['frames'] + warmup['requests']:,}", "")
     for name in ("frames", "requests", "unexpected", "crashes", "hangs", "rss_growth_pct"):
         rows.add_row("total", name, f"{result[name]:,}", "")
     for check, count in result["health_checks"].items():
@@ -219,6 +249,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="HTTP probes to send")
     parser.add_argument("--seed", type=int, default=1, help="the same seed draws the same probes")
     parser.add_argument("--workers", type=int, default=4, help="connections fuzzing at a time")
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=WARMUP_S,
+        help="seconds of frame probes before the RSS baseline (default: the used-nonce TTL + 5; 0: none)",
+    )
     parser.add_argument(
         "--time-limit", type=float, default=3600.0, help="seconds after which no batch starts"
     )

@@ -157,6 +157,8 @@ def test_the_fuzzing_bench_runs_and_reports_what_it_tried(tmp_path: Path) -> Non
             "150",
             "--requests",
             "100",
+            "--warmup-s",
+            "0",
             "--json",
             str(report_path),
         ],

@@ -71,15 +71,19 @@ from krewe.orchestrator.shared import (
 )
 from krewe.settings import SettingsError
 
-__all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve"]
+__all__ = ["FAULT_KILL_AT_ENV", "Orchestrator", "serve", "tune_collector"]
 
 log = logging.getLogger(__name__)
 
 FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
-# A young pass every 5,000 net allocations instead of 700, an older one every 10 of those, a full
-# one every 1,000 older ones: under load the passes at 700 found next to nothing to free and took
-# about a second in 15 (some over 20 ms each), and a full one walked every miner's session.
-GC_THRESHOLDS = (5_000, 10, 1_000)
+# A young pass every 5,000 net allocations instead of 700 (under load the passes at 700 found next
+# to nothing to free and took about a second in 15, some over 20 ms each), an older one every 10 of
+# those, and a full one after 2 older ones. CPython runs a full pass only once the objects promoted
+# to the oldest generation since the last are a quarter of those living there, so its cost stays
+# in proportion to what it may free. It must run: a WebSocket that ends in an error leaves its
+# exception, traceback and frames in a cycle (aiohttp keeps the exception on the socket), and a
+# miner's session lives long enough to reach the oldest generation, which no other pass frees.
+GC_THRESHOLDS = (5_000, 10, 2)
 
 
 def _kill_at_stage_from_env() -> Callable[[str, Batch], None] | None:
@@ -323,13 +327,22 @@ class Orchestrator:
         log.info("stopped")
 
 
+def tune_collector() -> None:
+    """Move everything allocated so far out of the collector's sight, and set its thresholds.
+    The second collection finds nothing to free: it makes the collector count the oldest
+    generation anew (next to empty once frozen), or the first full pass would wait for a quarter
+    of the whole start-up heap to be promoted."""
+    gc.collect()
+    gc.freeze()
+    gc.collect()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(settings: OrchestratorSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     orchestrator = Orchestrator(settings)
     await orchestrator.start()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
