@@ -78,7 +78,7 @@ async def _read_answer(reader: asyncio.StreamReader, head_only_body: bool) -> Ht
         return None
     except asyncio.LimitOverrunError:
         raise GarbageError("a response head over the stream limit") from None
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or a broken pipe: a write after the server closed
         return None
     status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
     version, _, rest = status_line.partition(" ")
@@ -92,7 +92,7 @@ async def _read_answer(reader: asyncio.StreamReader, head_only_body: bool) -> Ht
         headers[name.strip().lower()] = value.strip()
     try:
         body = await _read_body(reader, headers, status, head_only_body)
-    except (asyncio.IncompleteReadError, ConnectionResetError, ValueError) as error:
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError) as error:
         raise GarbageError(f"a response body cut short or mis-framed: {error!r}") from None
     return HttpAnswer(status, headers, body)
 
@@ -237,7 +237,7 @@ class RawWebSocket:
                 payload = await self.reader.readexactly(length)
         except asyncio.IncompleteReadError:
             return None
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or a broken pipe: a write after the server closed
             self.reset = True
             return None
         except TimeoutError:

@@ -5,9 +5,13 @@ passes all but switched off, the long fuzzing run's RSS grew without bound.
 
 Runs in a child process: `tune_collector` freezes the heap and sets process-wide thresholds."""
 
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
+
+from krewe.orchestrator.endpoint import _release_errors
 
 SCRIPT = textwrap.dedent(
     """
@@ -46,3 +50,32 @@ def test_ended_sessions_in_the_oldest_generation_are_freed_without_an_explicit_c
     )
     left, batches = map(int, done.stdout.split())
     assert left == 0, f"{left} of 1,000 ended sessions still held after {batches * 100_000:,} allocations"
+
+
+def test_the_error_a_websocket_ended_with_no_longer_holds_it_in_a_cycle() -> None:
+    """aiohttp keeps the error a socket ended with on the socket, and the error's frames hold the
+    socket (through `self`), its context (the end of stream that led to it) too. Once the endpoint
+    has released them, dropping the socket frees it at once, with no collector pass."""
+
+    class Socket:  # as aiohttp's: an error raised in its own method, kept on it
+        def close(self) -> None:
+            try:
+                raise EOFError("end of stream")
+            except EOFError:
+                try:
+                    raise ConnectionResetError("cannot write to closing transport")
+                except ConnectionResetError as error:
+                    self.error = error
+
+    gc.disable()
+    try:
+        held, released = Socket(), Socket()
+        held.close()
+        released.close()
+        _release_errors(released.error)
+        refs = weakref.ref(held), weakref.ref(released)
+        del held, released
+        assert refs[0]() is not None  # without the release, only a collector pass would free it
+        assert refs[1]() is None
+    finally:
+        gc.enable()

@@ -78,12 +78,11 @@ log = logging.getLogger(__name__)
 FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
 # A young pass every 5,000 net allocations instead of 700 (under load the passes at 700 found next
 # to nothing to free and took about a second in 15, some over 20 ms each), an older one every 10 of
-# those, and a full one after 2 older ones. CPython runs a full pass only once the objects promoted
-# to the oldest generation since the last are a quarter of those living there, so its cost stays
-# in proportion to what it may free. It must run: a WebSocket that ends in an error leaves its
-# exception, traceback and frames in a cycle (aiohttp keeps the exception on the socket), and a
-# miner's session lives long enough to reach the oldest generation, which no other pass frees.
-GC_THRESHOLDS = (5_000, 10, 2)
+# those, and a full one after 10 older ones, as CPython's default. CPython runs a full pass only once
+# the objects promoted to the oldest generation since the last are a quarter of those living there,
+# so its cost stays in proportion to what it may free. It must run: cyclic garbage that reached the
+# oldest generation (a miner's session lives long enough to get there) is freed by no other pass.
+GC_THRESHOLDS = (5_000, 10, 10)
 
 
 def _kill_at_stage_from_env() -> Callable[[str, Batch], None] | None:

@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ HEARTBEAT_SLICE = 100  # pings sent before the heartbeat yields to the event loo
 HEARTBEAT_TICK_S = 0.1  # the shortest pause between two passes of the heartbeat timer
 ENDED_BEFORE_SWEEP = 64  # ended sessions the ping queue may hold before it is swept of them
 REGISTRY_BATCH = 500  # sessions re-checked per registry read
+MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, cleared at a socket's end
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
 
@@ -115,6 +117,18 @@ class _Socket:
     async def close(self, close_code: int, code: str, message: str) -> None:
         await self.send(encode(Error(code, message)))
         await self.ws.close(code=close_code, message=code.encode())
+
+
+def _release_errors(error: BaseException | None) -> None:
+    """Clear the frames of the error a WebSocket ended with and of the errors it arose from.
+    aiohttp keeps such an error on the socket and on its reader, and the error's frames hold them:
+    a cycle that, once the session has lived long enough to reach the garbage collector's oldest
+    generation, only a full pass would free. Cleared, the socket is freed when it is dropped."""
+    for _ in range(MAX_ERROR_CHAIN):
+        if error is None:
+            return
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 class _RefusedError(Exception):
@@ -191,6 +205,7 @@ class WorkerEndpoint:
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         finally:
             self._connections.discard(ws)
+            _release_errors(ws.exception())
         return ws
 
     def _challenge(self) -> siwe.Challenge:
@@ -304,6 +319,8 @@ class WorkerEndpoint:
                     await ws.pong(frame.data)
                 elif frame.type is WSMsgType.BINARY:
                     await self.violation(session, "frames must be text (UTF-8 JSON)")
+                elif frame.type is WSMsgType.ERROR:
+                    _release_errors(frame.data)
                 if ws.closed:
                     break
         finally:
