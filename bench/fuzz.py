@@ -12,8 +12,8 @@ and that the honest miners still get a job and agree, and reads the orchestrator
 Before them comes a warm-up, checked the same way: frame probes for `--warmup-s` seconds, then one
 batch of HTTP probes. Its length is how long a used login nonce is remembered (`nonce_ttl_s`, 70 s
 with the default `auth_timeout_s`) and a little more: until then the store of used nonces grows
-with every login (to the login rate times that TTL) and then stays at that size, which is what
-it is for; and by then every code path has run once.
+with every login, up to the login rate times that TTL, where it stays. That growth is bounded by
+design, and the run measures what comes after it.
 
 It prints a table of what was tried and what came back; `--json` also writes `frames`, `requests`
 (the probes after the warm-up), `unexpected` (answers outside the documented set), `crashes`,
@@ -107,16 +107,17 @@ class Run:
             return
         fuzzers = [make(worker) for worker in range(self.args.workers)]
         loop = asyncio.get_running_loop()
-        batches = [
-            (self.args.seed * 10_000 + seeds + index, min(BATCH, total - start))
-            for index, start in enumerate(range(0, total, BATCH))
-        ]
+        count = -(-total // BATCH)
+
+        def batch(index: int) -> tuple[int, int]:
+            return self.args.seed * 10_000 + seeds + index, min(BATCH, total - index * BATCH)
+
         with ProcessPoolExecutor(max_workers=1) as generator:
-            drawing = loop.run_in_executor(generator, draw, *batches[0])
-            for index in range(len(batches)):
+            drawing = loop.run_in_executor(generator, draw, *batch(0))
+            for index in range(count):
                 probes: Sequence[Any] = await drawing
-                if index + 1 < len(batches):
-                    drawing = loop.run_in_executor(generator, draw, *batches[index + 1])
+                if index + 1 < count:
+                    drawing = loop.run_in_executor(generator, draw, *batch(index + 1))
                 await asyncio.gather(
                     *(
                         fuzzer.run(probes[worker :: len(fuzzers)], tally)

@@ -146,7 +146,8 @@ async def test_every_request_gets_its_documented_answer_never_a_500_or_a_hang(
 
 
 def test_the_fuzzing_bench_runs_and_reports_what_it_tried(tmp_path: Path) -> None:
-    """`python -m bench.fuzz` at a small size: the report has every figure, all answers documented."""
+    """`python -m bench.fuzz` at a small size, with a warm-up of one batch of each kind: the report
+    has every figure, all answers documented."""
     report_path = tmp_path / "fuzz.json"
     done = subprocess.run(
         [
@@ -158,7 +159,7 @@ def test_the_fuzzing_bench_runs_and_reports_what_it_tried(tmp_path: Path) -> Non
             "--requests",
             "100",
             "--warmup-s",
-            "0",
+            "1",
             "--json",
             str(report_path),
         ],
@@ -170,6 +171,7 @@ def test_the_fuzzing_bench_runs_and_reports_what_it_tried(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert (report["frames"], report["requests"]) == (150, 100)
+    assert report["warmup"]["frames"] >= 1 and report["warmup"]["requests"] >= 1  # one batch of each
     assert (report["unexpected"], report["crashes"], report["hangs"]) == (0, 0, 0), report[
         "unexpected_examples"
     ]

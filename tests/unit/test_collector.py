@@ -1,7 +1,7 @@
 """The orchestrator's garbage-collector settings still free cycles that reached the oldest
-generation. A miner's WebSocket that ends in an error leaves its exception, traceback and frames in
-a cycle; the session lived long enough to be promoted, so only a full pass frees it. With full
-passes all but switched off, the long fuzzing run's RSS grew without bound.
+generation: a session lives long enough to be promoted, so only a full pass frees a cycle it ends
+in. With full passes all but switched off, such cycles (aiohttp's errors kept on ended WebSockets,
+before the endpoint released them) piled up in the long fuzzing run.
 
 Runs in a child process: `tune_collector` freezes the heap and sets process-wide thresholds."""
 
@@ -57,15 +57,21 @@ def test_the_error_a_websocket_ended_with_no_longer_holds_it_in_a_cycle() -> Non
     socket (through `self`), its context (the end of stream that led to it) too. Once the endpoint
     has released them, dropping the socket frees it at once, with no collector pass."""
 
-    class Socket:  # as aiohttp's: an error raised in its own method, kept on it
+    class Socket:  # as aiohttp's: errors raised in its own methods, the last kept on it
+        def read(self) -> None:
+            raise EOFError("end of stream")
+
         def close(self) -> None:
             try:
-                raise EOFError("end of stream")
+                self.read()
             except EOFError:
-                try:
-                    raise ConnectionResetError("cannot write to closing transport")
-                except ConnectionResetError as error:
-                    self.error = error
+                self.write()
+
+        def write(self) -> None:
+            try:
+                raise ConnectionResetError("cannot write to closing transport")
+            except ConnectionResetError as error:
+                self.error = error  # its context, the end of stream, holds `read`'s frame
 
     gc.disable()
     try:

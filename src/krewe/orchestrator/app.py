@@ -6,8 +6,9 @@ that this key is the distributor's orchestrator), listen, start heartbeats, the 
 and the event-loop lag monitor. Once started, the process moves everything allocated so far
 (modules, the contracts' ABIs, web3) out of the garbage collector's sight (`gc.freeze`): it lives
 as long as the process, and a full collection that walked it would hold the event loop for tens
-of milliseconds. The collector also runs less often (`GC_THRESHOLDS`): the hot path makes next to
-no cyclic garbage, and each pass only cost time (docs/performance.md).
+of milliseconds. Young passes run less often than CPython's default (`GC_THRESHOLDS`): the hot
+path makes next to no cyclic garbage. Full passes still run, since only they free a cycle that has
+reached the oldest generation (docs/performance.md).
 
 With a Redis store (`store = redis://...`) the ledger is the one every instance shares, the
 server's durability is checked first, and settlement runs only in the instance that holds the
@@ -78,10 +79,11 @@ log = logging.getLogger(__name__)
 FAULT_KILL_AT_ENV = "KREWE_FAULT_KILL_AT"
 # A young pass every 5,000 net allocations instead of 700 (under load the passes at 700 found next
 # to nothing to free and took about a second in 15, some over 20 ms each), an older one every 10 of
-# those, and a full one after 10 older ones, as CPython's default. CPython runs a full pass only once
-# the objects promoted to the oldest generation since the last are a quarter of those living there,
-# so its cost stays in proportion to what it may free. It must run: cyclic garbage that reached the
-# oldest generation (a miner's session lives long enough to get there) is freed by no other pass.
+# those, and a full one once more than 10 older ones ran, as CPython's default; even then CPython
+# runs it only if the objects promoted to the oldest generation since the last full pass are a
+# quarter of those living there, so its cost stays in proportion to what it may free. It must run:
+# cyclic garbage that reached the oldest generation (a miner's session lives long enough to get
+# there) is freed by no other pass.
 GC_THRESHOLDS = (5_000, 10, 10)
 
 

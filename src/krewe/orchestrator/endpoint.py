@@ -31,7 +31,6 @@ import logging
 import math
 import secrets
 import time
-import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -68,7 +67,7 @@ HEARTBEAT_SLICE = 100  # pings sent before the heartbeat yields to the event loo
 HEARTBEAT_TICK_S = 0.1  # the shortest pause between two passes of the heartbeat timer
 ENDED_BEFORE_SWEEP = 64  # ended sessions the ping queue may hold before it is swept of them
 REGISTRY_BATCH = 500  # sessions re-checked per registry read
-MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, cleared at a socket's end
+MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, released at a socket's end
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
 
@@ -120,14 +119,15 @@ class _Socket:
 
 
 def _release_errors(error: BaseException | None) -> None:
-    """Clear the frames of the error a WebSocket ended with and of the errors it arose from.
-    aiohttp keeps such an error on the socket and on its reader, and the error's frames hold them:
-    a cycle that, once the session has lived long enough to reach the garbage collector's oldest
-    generation, only a full pass would free. Cleared, the socket is freed when it is dropped."""
+    """Drop the tracebacks of the error a WebSocket ended with and of the errors it arose from.
+    aiohttp keeps such an error on the socket and on its reader, and the frames of its traceback
+    hold them: a cycle that, once the session has lived long enough to reach the garbage
+    collector's oldest generation, only a full pass would free. Without the tracebacks the socket
+    is freed when it is dropped. No frame is touched: one may belong to a task still running."""
     for _ in range(MAX_ERROR_CHAIN):
         if error is None:
             return
-        traceback.clear_frames(error.__traceback__)
+        error.__traceback__ = None
         error = error.__cause__ or error.__context__
 
 
@@ -319,8 +319,6 @@ class WorkerEndpoint:
                     await ws.pong(frame.data)
                 elif frame.type is WSMsgType.BINARY:
                     await self.violation(session, "frames must be text (UTF-8 JSON)")
-                elif frame.type is WSMsgType.ERROR:
-                    _release_errors(frame.data)
                 if ws.closed:
                     break
         finally:
