@@ -30,3 +30,29 @@ async def test_sessions_that_end_leave_no_closed_socket_behind(harness: Harness)
     finally:
         await miner.__aexit__(None, None, None)
     assert left < LOGINS // 3, f"{left} closed WebSockets still held after {LOGINS} logins"
+
+
+async def test_a_socket_cut_off_by_its_miner_keeps_no_traceback_to_hold_it_in_a_cycle(
+    harness: Harness,
+) -> None:
+    """aiohttp keeps the error a socket ended with on the socket, and that error's traceback holds
+    the socket's frames: a cycle only a full collector pass would free. The endpoint drops the
+    tracebacks of the error and of the errors it arose from once the session has ended."""
+    miner = await harness.miner(0).__aenter__()
+    pool = harness.orchestrator.pool
+    try:
+        assert (await miner.connect())["type"] == "welcome"
+        [session] = pool.sessions.values()
+        ws = session.channel.ws  # type: ignore[attr-defined]
+        del session
+        miner.ws._response.connection.transport.abort()  # type: ignore[union-attr]  # no close frame
+        await until(lambda: not pool.sessions and ws not in harness.orchestrator.endpoint._connections)
+    finally:
+        await miner.__aexit__(None, None, None)
+    error = ws.exception()
+    assert error is not None, "the socket was expected to end in an error (its close could not be sent)"
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert [e.__traceback__ for e in chain] == [None] * len(chain), [type(e).__name__ for e in chain]
