@@ -81,6 +81,27 @@ def test_lag_is_how_late_the_timer_ran_and_the_max_covers_one_scrape_interval() 
     assert loop.timers[0][2].cancelled
 
 
+def test_the_timer_is_due_less_often_while_no_job_is_open() -> None:
+    clock, loop, metrics = FakeClock(), FakeLoop(), Metrics()
+    open_jobs = [0]
+    monitor = LoopLagMonitor(
+        metrics, interval_s=0.01, idle_interval_s=0.1, busy=lambda: open_jobs[0] > 0, clock=clock
+    )
+    monitor.start(loop)
+    try:
+        delays = []
+        for jobs, late in ((1, 0.0), (1, 0.03), (0, 0.0), (0, 0.0)):
+            delay, _, _ = loop.timers[0]
+            delays.append(delay)
+            open_jobs[0] = jobs  # what the next timer is set by
+            clock.now += delay + late
+            loop.run_next()
+        assert delays == [0.1, 0.01, 0.01, 0.1] and loop.timers[0][0] == 0.1
+        assert scrape(metrics)["krewe_event_loop_lag_max_seconds"] == pytest.approx(0.03)
+    finally:
+        monitor.stop()
+
+
 def test_a_long_stall_is_logged_with_its_length(caplog: pytest.LogCaptureFixture) -> None:
     clock, loop = FakeClock(), FakeLoop()
     monitor = LoopLagMonitor(Metrics(), interval_s=0.01, warn_s=0.1, clock=clock)

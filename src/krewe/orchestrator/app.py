@@ -106,7 +106,7 @@ class Orchestrator:
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.loop_lag = LoopLagMonitor(self.metrics)
+        self.loop_lag = LoopLagMonitor(self.metrics, busy=self._jobs_open)
         self.settlements: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -215,6 +215,9 @@ class Orchestrator:
             self._tasks.append(loop.create_task(self._keep_lease()))
         self.loop_lag.start(loop)
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
+
+    def _jobs_open(self) -> bool:
+        return self.router.jobs > 0
 
     def _open_ledger(self, data_dir: Path) -> RewardLedger | RedisLedger:
         """The SQLite ledger in data_dir; or, with a Redis store, the shared ledger, settled only

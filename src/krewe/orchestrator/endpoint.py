@@ -13,7 +13,9 @@ Heartbeats are WebSocket pings sent by one timer for all sessions. Each session 
 `heartbeat_s` after its login and every `heartbeat_s` after, so the pings spread over the interval
 as the logins did; the timer wakes for those due (no more often than every `HEARTBEAT_TICK_S`) and
 yields to the loop after every `HEARTBEAT_SLICE` pings, so that no pass holds it long: pinging
-10,000 sessions at once held it for 150 to 900 ms. A session that has not answered for
+10,000 sessions at once held it for 150 to 900 ms. A pong that arrives alone (as a heartbeat's
+does) is taken before the WebSocket's reader (`frame_check.take_pongs`) and only marks the session
+seen; any other frame passes through the session's receive loop. A session that has not answered for
 `heartbeat_misses` intervals is closed when its ping is due, in the background (a close waits for
 the peer). The registry is re-read for every session each `registry_cache_s`, in batches. A second
 login by the same address closes the first session with 4409; with a shared store, a `Presence`
@@ -27,17 +29,19 @@ this module's own closes the connection with 1011 instead of reaching the error 
 
 import asyncio
 import collections
+import functools
 import logging
 import math
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from krewe.orchestrator.config import OrchestratorSettings
+from krewe.orchestrator.frame_check import take_pongs
 from krewe.orchestrator.metrics import Metrics
 from krewe.orchestrator.nonces import UsedNonces
 from krewe.orchestrator.pool import Session, SessionPool
@@ -64,9 +68,10 @@ __all__ = ["WEBSOCKET_VERSION", "JobEvents", "Presence", "Registry", "WorkerEndp
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SLICE = 100  # pings sent before the heartbeat yields to the event loop
-HEARTBEAT_TICK_S = 0.1  # the shortest pause between two passes of the heartbeat timer
+HEARTBEAT_TICK_S = 0.5  # the shortest pause between two passes of the heartbeat timer
 ENDED_BEFORE_SWEEP = 64  # ended sessions the ping queue may hold before it is swept of them
 REGISTRY_BATCH = 500  # sessions re-checked per registry read
+_PING = b"\x89\x00"  # a ping frame: FIN + the ping opcode, no payload, unmasked as a server's are
 MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, released at a socket's end
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
@@ -101,8 +106,15 @@ class Presence(Protocol):
 class _Socket:
     """A session's channel: the WebSocket it was logged in on."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
+        self._transport = cast(asyncio.Transport | None, transport)
+
+    def ping(self) -> None:
+        """A heartbeat's ping, written to the connection as it is: every few seconds for each of
+        thousands of sessions, aiohttp's ping would build the same two bytes through two coroutines."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_PING)
 
     async def send(self, frame: str) -> bool:
         if self.ws.closed:
@@ -193,18 +205,20 @@ class WorkerEndpoint:
             return ws
         self._connections.add(ws)
         try:
-            session = await self._login(_Socket(ws))
+            session = await self._login(_Socket(ws, request.transport))
             if session is not None:
+                take_pongs(request, functools.partial(self._heard, session))
                 await self._serve(session, ws)
         except _RefusedError as refusal:
             self._metrics.logins.labels(refusal.code).inc()
             if not ws.closed:
-                await _Socket(ws).close(refusal.close_code, refusal.code, refusal.message)
+                await _Socket(ws, request.transport).close(refusal.close_code, refusal.code, refusal.message)
         except Exception:
             log.exception("closing a miner connection with 1011 after an unexpected error")
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         finally:
             self._connections.discard(ws)
+            take_pongs(request, None)  # the callback holds the session, which holds the socket
             _release_errors(ws.exception())
         return ws
 
@@ -327,6 +341,10 @@ class WorkerEndpoint:
             self._events.on_session_closed(session)
             self._forget_ended()
 
+    def _heard(self, session: Session) -> None:
+        """A pong from the session's miner, taken before its WebSocket's reader (`take_pongs`)."""
+        session.last_seen = self._clock()
+
     def _forget_ended(self) -> None:
         """Drop ended sessions from the ping queue once they could make up half of it: a session
         waits there up to heartbeat_s, and miners that log in and leave again and again would
@@ -401,10 +419,7 @@ class WorkerEndpoint:
                     )
                     continue
                 due.append((now + interval, session))
-                try:
-                    await socket.ws.ping()
-                except (ConnectionError, RuntimeError):
-                    continue
+                socket.ping()
                 sent += 1
                 if sent % HEARTBEAT_SLICE == 0:
                     await asyncio.sleep(0)  # between slices, let the loop serve everything else

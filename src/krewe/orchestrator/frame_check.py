@@ -7,11 +7,21 @@
 
 A sans-I/O scanner of the client's byte stream: it reads each frame's header (first byte, mask
 bit, payload length) and skips the payload, so it costs a few operations per frame whatever the
-frame's size. The server feeds the stream through it before aiohttp's reader
+frame's size. The server feeds the stream through it (`CheckedFeed`) before aiohttp's reader
 (`krewe.orchestrator.server`) and fails the connection with 1002 at the first breach.
+
+Once the endpoint takes a session's pongs (`take_pongs`), a pong that arrives alone in one read, as
+a heartbeat's does, goes to the endpoint's callback and never reaches aiohttp's reader, so it does
+not wake the session's receive loop: the heartbeat pongs of thousands of idle miners cost a header
+check each. A pong that arrives with other bytes goes to the reader as any frame does.
 """
 
-__all__ = ["FrameCheck"]
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http import WebSocketReader
+
+__all__ = ["CheckedFeed", "FrameCheck", "take_pongs"]
 
 _FIN_BIT = 0x80
 _OPCODE_BITS = 0x0F
@@ -20,6 +30,8 @@ _LENGTH_BITS = 0x7F
 _EXTENDED_LENGTH = {126: 2, 127: 8}  # a 7-bit length of 126 or 127 announces a longer length field
 _MASK_KEY_BYTES = 4
 _CONTINUATION = 0x0
+_PONG = 0x8A  # a pong frame's first byte: FIN + the pong opcode
+_MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5
 _DATA = (0x1, 0x2)  # text, binary
 
 
@@ -31,6 +43,11 @@ class FrameCheck:
         self._payload_left = 0  # bytes of the current frame's payload still to skip
         self._fragmented = False  # a text or binary message has begun and not ended
         self.breach: str | None = None  # the first rule broken; once set, it stays
+
+    @property
+    def between_frames(self) -> bool:
+        """Whether the bytes so far end where a frame ends, with no rule broken."""
+        return not self._header and not self._payload_left and self.breach is None
 
     def feed(self, data: bytes) -> bool:
         """Scan `data`; False once the frames so far break a rule (`breach` says which)."""
@@ -72,3 +89,44 @@ class FrameCheck:
         if short not in _EXTENDED_LENGTH:
             return short
         return int.from_bytes(self._header[2 : 2 + _EXTENDED_LENGTH[short]], "big")
+
+
+class CheckedFeed:
+    """A WebSocket reader's feed, stopped with a call to `on_breach` at the first frame that breaks
+    a rule of `FrameCheck`; once `on_pong` is set, a pong alone in one read goes to it instead."""
+
+    def __init__(self, reader: WebSocketReader, on_breach: Callable[[str], None]) -> None:
+        self._reader = reader
+        self._check = FrameCheck()
+        self._on_breach = on_breach
+        self.on_pong: Callable[[], None] | None = None
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self.on_pong is not None and self._check.between_frames and _lone_pong(data):
+            self.on_pong()
+            return False, b""
+        if self._check.feed(data):
+            result: tuple[bool, bytes] = self._reader.feed_data(data)
+            return result
+        self._on_breach(self._check.breach or "")
+        return True, b""
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+def take_pongs(request: web.BaseRequest, on_pong: Callable[[], None] | None) -> None:
+    """From now on call `on_pong`, instead of passing the frame to aiohttp's reader, for each pong
+    that arrives alone in one read on `request`'s upgraded connection (None: pass them again).
+    Nothing changes for a request that krewe's server does not serve."""
+    feed = getattr(request.protocol, "checked_feed", None)
+    if isinstance(feed, CheckedFeed):
+        feed.on_pong = on_pong
+
+
+def _lone_pong(data: bytes) -> bool:
+    """Whether `data` is exactly one masked pong frame, of a payload a control frame may have."""
+    if len(data) < 2 + _MASK_KEY_BYTES or data[0] != _PONG:
+        return False
+    length = data[1] ^ _MASK_BIT  # the payload length if the mask bit is set, else 128 or more
+    return length <= _MAX_CONTROL_PAYLOAD and len(data) == 2 + _MASK_KEY_BYTES + length

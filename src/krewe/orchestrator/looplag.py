@@ -1,11 +1,17 @@
 """The event loop's own measure of its stalls, and of the garbage collector's passes.
 
-A timer is due every `interval_s`. The time between when it was due and when the loop ran it is
-the lag: whatever held the loop (a long callback, a collector pass, a call that blocks, another
-thread holding the GIL) shows as lag, whoever caused it. Every lag goes into the histogram
+A timer is due every `interval_s` while `busy()` says so (the router has a job open), and every
+`idle_interval_s` while not. The time between when it was due and when the loop ran it is the lag:
+whatever held the loop (a long callback, a collector pass, a call that blocks, another thread
+holding the GIL) shows as lag, whoever caused it. Every lag goes into the histogram
 `krewe_event_loop_lag_seconds`, the largest since the previous scrape into
 `krewe_event_loop_lag_max_seconds`, and a lag past `warn_s` is logged with its length. A stall of
-D seconds shows as a lag of at least D - interval_s.
+D seconds shows as a lag of at least D less the interval the timer was set with.
+
+The idle interval is the price of a timer's wakeups: a loop with nothing else to do wakes for each,
+and 100 wakeups a second cost more than the heartbeats of 10,000 idle miners (docs/performance.md).
+While no job is open, no caller waits on the loop; the first timer after a job opens may still be
+on the idle interval.
 
 The cyclic garbage collector's passes are timed through `gc.callbacks`. A pass can run on any
 thread (it runs in whichever allocates when a threshold is crossed), so the callback only appends
@@ -41,11 +47,15 @@ class LoopLagMonitor:
         metrics: Metrics,
         *,
         interval_s: float = 0.01,
+        idle_interval_s: float = 0.1,
+        busy: Callable[[], bool] = lambda: True,
         warn_s: float = 0.1,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._metrics = metrics
         self._interval_s = interval_s
+        self._idle_interval_s = idle_interval_s
+        self._busy = busy
         self._warn_s = warn_s
         self._clock = clock
         self._loop: _Loop | None = None
@@ -68,8 +78,9 @@ class LoopLagMonitor:
 
     def _schedule(self) -> None:
         assert self._loop is not None
-        self._due = self._clock() + self._interval_s
-        self._timer = self._loop.call_later(self._interval_s, self._tick)
+        interval = self._interval_s if self._busy() else self._idle_interval_s
+        self._due = self._clock() + interval
+        self._timer = self._loop.call_later(interval, self._tick)
 
     def _tick(self) -> None:
         lag = max(0.0, self._clock() - self._due)

@@ -13,6 +13,8 @@ own parts answer before any middleware runs.
 - A WebSocket frame from a client that is not masked, or a new message inside a fragmented one,
   fails the connection with 1002 (RFC 6455 §5.1, §5.4), which aiohttp's reader lets through
   (`krewe.orchestrator.frame_check`).
+- Once the endpoint takes a session's pongs (`frame_check.take_pongs`), a pong that arrives alone
+  in one read goes to it and not to aiohttp's reader.
 - A request of HTTP/0.9 or HTTP/2.0 in HTTP/1 syntax, which aiohttp's parser takes and would
   answer in HTTP/1 syntax under that version's number, gets 505 `http_version_not_supported`.
 - An HTTP error aiohttp raises before the app's middlewares run (417 for an `Expect` other than
@@ -25,7 +27,6 @@ aiohttp makes one `RequestHandler` per connection through its `Server`; `make_ru
 import asyncio
 import logging
 import resource
-from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -39,7 +40,7 @@ from krewe.orchestrator.api.errors import (
     http_error_response,
 )
 from krewe.orchestrator.config import OrchestratorSettings
-from krewe.orchestrator.frame_check import FrameCheck
+from krewe.orchestrator.frame_check import CheckedFeed
 from krewe.orchestrator.metrics import Metrics
 from krewe.untrusted import untrusted
 
@@ -144,6 +145,7 @@ class _Connection(web.RequestHandler):
     def __init__(self, server: _Server, **options: Any) -> None:
         super().__init__(server, **options)
         self._server = server
+        self.checked_feed: CheckedFeed | None = None  # once upgraded to a WebSocket (`take_pongs`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         limit = self._server.max_connections
@@ -195,8 +197,8 @@ class _Connection(web.RequestHandler):
 
     def set_parser(self, parser: WebSocketReader, data_received_cb: Any = None) -> None:
         """Upgraded to a WebSocket: the client's frames pass the frame check on their way to `parser`."""
-        checked = _Checked(parser, self._fail_websocket)
-        super().set_parser(cast(WebSocketReader, checked), data_received_cb)
+        self.checked_feed = CheckedFeed(parser, self._fail_websocket)
+        super().set_parser(cast(WebSocketReader, self.checked_feed), data_received_cb)
 
     def _fail_websocket(self, breach: str) -> None:
         transport = self.transport
@@ -205,23 +207,3 @@ class _Connection(web.RequestHandler):
             log.info("closing the WebSocket of %s with 1002: %s", peer, breach)
             transport.write(_CLOSE_1002)
         self.force_close()
-
-
-class _Checked:
-    """A WebSocket reader's feed, stopped with a call to `on_breach` at the first frame that breaks
-    a rule of `FrameCheck`."""
-
-    def __init__(self, reader: WebSocketReader, on_breach: Callable[[str], None]) -> None:
-        self._reader = reader
-        self._check = FrameCheck()
-        self._on_breach = on_breach
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self._check.feed(data):
-            result: tuple[bool, bytes] = self._reader.feed_data(data)
-            return result
-        self._on_breach(self._check.breach or "")
-        return True, b""
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
