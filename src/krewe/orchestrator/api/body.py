@@ -10,6 +10,7 @@ Every way a body can be wrong is a 4xx in the error envelope, never a 500:
 """
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,9 @@ async def read_json(request: web.Request, max_bytes: int, timeout_s: float) -> d
     """The request's body, a JSON object of at most `max_bytes` bytes arriving within `timeout_s`."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _request_too_large(max_bytes)
+    waits = not request.content.is_eof()  # once the whole body has arrived, reading it cannot wait
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s) if waits else contextlib.nullcontext():
             body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _request_too_large(max_bytes) from None
