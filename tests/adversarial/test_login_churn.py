@@ -4,6 +4,8 @@ heartbeat's queue holds each session until its next ping, and ended ones must no
 it found.)"""
 
 import gc
+import weakref
+from typing import Any
 
 from aiohttp import web
 
@@ -56,3 +58,26 @@ async def test_a_socket_cut_off_by_its_miner_keeps_no_traceback_to_hold_it_in_a_
         chain.append(error)
         error = error.__cause__ or error.__context__
     assert [e.__traceback__ for e in chain] == [None] * len(chain), [type(e).__name__ for e in chain]
+
+
+async def test_an_ended_session_is_freed_without_the_collector(make_harness: Any) -> None:
+    """The callback that takes a session's pongs holds the session, and the connection holds the
+    callback: the endpoint lets go of it when the session ends, so that no cycle is left for the
+    collector. With the collector off, the session is freed once the heartbeat's queue drops it."""
+    harness = await make_harness(heartbeat_s=0.1)
+    miner = await harness.miner(0).__aenter__()
+    pool = harness.orchestrator.pool
+    try:
+        assert (await miner.connect())["type"] == "welcome"
+        [session] = pool.sessions.values()
+        ended = weakref.ref(session)
+        del session
+        gc.collect()
+        gc.disable()
+        try:
+            await miner.close()
+            await until(lambda: ended() is None, what="the ended session to be freed")
+        finally:
+            gc.enable()
+    finally:
+        await miner.__aexit__(None, None, None)

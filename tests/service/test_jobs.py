@@ -103,3 +103,17 @@ async def test_a_miner_that_disconnects_mid_job_counts_as_no_response(harness: H
     assert (answer["answer"], answer["reason"]) == ("timeout", "disconnected")
     assert gone.address not in record["credits"]
     assert gone.address not in harness.orchestrator.pool.sessions
+
+
+async def test_the_loop_lag_monitor_is_woken_when_a_job_opens_while_none_is(
+    harness: Harness, monkeypatch: Any
+) -> None:
+    await harness.connected("honest", "honest", "honest")
+    router = harness.orchestrator.router
+    assert router._on_first_job == harness.orchestrator.loop_lag.wake
+    woken: list[int] = []  # the jobs open at each wake
+    monkeypatch.setattr(router, "_on_first_job", lambda: woken.append(router.jobs))
+    for _ in range(2):
+        status, body = await post(harness, "/v1/chat/completions", CHAT)
+        assert status == 200, body
+    assert woken == [1, 1]  # one wake per job here: each opened while none was

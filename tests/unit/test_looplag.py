@@ -102,6 +102,25 @@ def test_the_timer_is_due_less_often_while_no_job_is_open() -> None:
         monitor.stop()
 
 
+def test_a_job_that_opens_sets_the_idle_timer_again_on_the_short_interval() -> None:
+    clock, loop = FakeClock(), FakeLoop()
+    open_jobs = [0]
+    monitor = LoopLagMonitor(
+        Metrics(), interval_s=0.01, idle_interval_s=0.1, busy=lambda: open_jobs[0] > 0, clock=clock
+    )
+    monitor.start(loop)
+    try:
+        clock.now += 0.005
+        open_jobs[0] = 1
+        monitor.wake()
+        idle, short = loop.timers
+        assert (idle[0], idle[2].cancelled, short[0], short[2].cancelled) == (0.1, True, 0.01, False)
+        monitor.wake()  # already on the short interval: nothing changes
+        assert len(loop.timers) == 2
+    finally:
+        monitor.stop()
+
+
 def test_a_long_stall_is_logged_with_its_length(caplog: pytest.LogCaptureFixture) -> None:
     clock, loop = FakeClock(), FakeLoop()
     monitor = LoopLagMonitor(Metrics(), interval_s=0.01, warn_s=0.1, clock=clock)

@@ -172,7 +172,14 @@ class Orchestrator:
         self.pool = SessionPool(scores=await self.scores.load())
         rng = random.Random(settings.seed)
         self.router = JobRouter(
-            settings, self.pool, self.ledger, self.records, self.scores, metrics=self.metrics, rng=rng
+            settings,
+            self.pool,
+            self.ledger,
+            self.records,
+            self.scores,
+            metrics=self.metrics,
+            rng=rng,
+            on_first_job=self.loop_lag.wake,
         )
         self.network = (
             SessionNetwork.of(self.redis, settings, self.pool, self.router) if settings.shared else None
@@ -217,7 +224,8 @@ class Orchestrator:
         log.info("orchestrator %s listening on http://%s:%d", key.address, settings.host, self.port)
 
     def _jobs_open(self) -> bool:
-        return self.router.jobs > 0
+        """Whether a job is open here, or one of another instance's is on a miner held here."""
+        return self.router.jobs > 0 or (self.network is not None and self.network.relayed_jobs > 0)
 
     def _open_ledger(self, data_dir: Path) -> RewardLedger | RedisLedger:
         """The SQLite ledger in data_dir; or, with a Redis store, the shared ledger, settled only

@@ -113,8 +113,9 @@ class _Socket:
     def ping(self) -> None:
         """A heartbeat's ping, written to the connection as it is: every few seconds for each of
         thousands of sessions, aiohttp's ping would build the same two bytes through two coroutines."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_PING)
+        transport = self._transport
+        if not self.ws.closed and transport is not None and not transport.is_closing():
+            transport.write(_PING)
 
     async def send(self, frame: str) -> bool:
         if self.ws.closed:
@@ -396,33 +397,38 @@ class WorkerEndpoint:
         """Ping each session heartbeat_s after it logged in and every heartbeat_s after; close one
         that has been silent for heartbeat_misses intervals when its ping is due."""
         interval = self.settings.heartbeat_s
-        misses = self.settings.heartbeat_misses
         shortest = min(HEARTBEAT_TICK_S, interval)
         due = self._ping_due
         while True:
             await asyncio.sleep(max(shortest, due[0][0] - self._clock() if due else interval))
             now = self._clock()
-            limit = now - interval * misses
             sent = 0
             while due and due[0][0] <= now:
-                _, session = due.popleft()
-                socket = session.channel
-                if self._pool.sessions.get(session.address) is not session or not isinstance(socket, _Socket):
-                    continue  # gone, or superseded by a newer login (which has its own place)
-                if socket.ws.closed:
-                    continue
-                if session.last_seen < limit:
-                    log.info("closing miner %s: no pong for %d heartbeats", session.address, misses)
-                    message = f"no pong for {misses} heartbeats"
-                    self._in_background(
-                        socket.close(CloseCode.HEARTBEAT_TIMEOUT, ErrorCode.HEARTBEAT_TIMEOUT, message)
-                    )
-                    continue
-                due.append((now + interval, session))
-                socket.ping()
-                sent += 1
-                if sent % HEARTBEAT_SLICE == 0:
-                    await asyncio.sleep(0)  # between slices, let the loop serve everything else
+                # no session is kept in this frame: an ended one is freed once the queue drops it
+                if self._beat(due.popleft()[1], now):
+                    sent += 1
+                    if sent % HEARTBEAT_SLICE == 0:
+                        await asyncio.sleep(0)  # between slices, let the loop serve everything else
+
+    def _beat(self, session: Session, now: float) -> bool:
+        """Ping `session` and queue its next ping; close it if it has been silent too long. False
+        when it was not pinged (closed, or gone, or superseded by a newer login with its own place)."""
+        socket = session.channel
+        if self._pool.sessions.get(session.address) is not session or not isinstance(socket, _Socket):
+            return False
+        if socket.ws.closed:
+            return False
+        interval, misses = self.settings.heartbeat_s, self.settings.heartbeat_misses
+        if session.last_seen < now - interval * misses:
+            log.info("closing miner %s: no pong for %d heartbeats", session.address, misses)
+            message = f"no pong for {misses} heartbeats"
+            self._in_background(
+                socket.close(CloseCode.HEARTBEAT_TIMEOUT, ErrorCode.HEARTBEAT_TIMEOUT, message)
+            )
+            return False
+        self._ping_due.append((now + interval, session))
+        socket.ping()
+        return True
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` on its own (a close waits for the peer's answer), holding it until done."""

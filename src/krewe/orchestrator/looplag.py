@@ -1,7 +1,9 @@
 """The event loop's own measure of its stalls, and of the garbage collector's passes.
 
-A timer is due every `interval_s` while `busy()` says so (the router has a job open), and every
-`idle_interval_s` while not. The time between when it was due and when the loop ran it is the lag:
+A timer is due every `interval_s` while `busy()` says so (a job is open here, or this instance
+carries another's job to one of its miners), and every `idle_interval_s` while not; `wake()` (the
+router calls it when a job opens while none was) sets a timer due on the idle interval again on the
+short one. The time between when it was due and when the loop ran it is the lag:
 whatever held the loop (a long callback, a collector pass, a call that blocks, another thread
 holding the GIL) shows as lag, whoever caused it. Every lag goes into the histogram
 `krewe_event_loop_lag_seconds`, the largest since the previous scrape into
@@ -10,8 +12,9 @@ D seconds shows as a lag of at least D less the interval the timer was set with.
 
 The idle interval is the price of a timer's wakeups: a loop with nothing else to do wakes for each,
 and 100 wakeups a second cost more than the heartbeats of 10,000 idle miners (docs/performance.md).
-While no job is open, no caller waits on the loop; the first timer after a job opens may still be
-on the idle interval.
+While no job is open, no caller waits on the loop, and a stall then shows as up to
+`idle_interval_s` shorter than it was (the warning of a stall past `warn_s` may not come for one of
+up to `warn_s` + `idle_interval_s`).
 
 The cyclic garbage collector's passes are timed through `gc.callbacks`. A pass can run on any
 thread (it runs in whichever allocates when a threshold is crossed), so the callback only appends
@@ -61,6 +64,7 @@ class LoopLagMonitor:
         self._loop: _Loop | None = None
         self._timer: _Handle | None = None
         self._due = 0.0
+        self._set_for = 0.0  # the interval the current timer was set with
         self._gc_started: float | None = None
         self._gc_passes: collections.deque[tuple[int, float]] = collections.deque()  # (generation, s)
 
@@ -76,11 +80,18 @@ class LoopLagMonitor:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
+    def wake(self) -> None:
+        """Work has begun: a timer set on the idle interval is set again, on the short one if
+        `busy()` now says so. Nothing is lost: no lag can be under way while this runs."""
+        if self._timer is not None and self._set_for != self._interval_s:
+            self._timer.cancel()
+            self._schedule()
+
     def _schedule(self) -> None:
         assert self._loop is not None
-        interval = self._interval_s if self._busy() else self._idle_interval_s
-        self._due = self._clock() + interval
-        self._timer = self._loop.call_later(interval, self._tick)
+        self._set_for = self._interval_s if self._busy() else self._idle_interval_s
+        self._due = self._clock() + self._set_for
+        self._timer = self._loop.call_later(self._set_for, self._tick)
 
     def _tick(self) -> None:
         lag = max(0.0, self._clock() - self._due)

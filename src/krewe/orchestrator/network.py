@@ -219,6 +219,11 @@ class SessionNetwork:
         self._tasks: set[asyncio.Task[Any]] = set()  # relays and closes under way
         self._violation: Callable[[Session, str], Awaitable[None]] | None = None
 
+    @property
+    def relayed_jobs(self) -> int:
+        """Jobs of other instances on miners held here, not yet answered."""
+        return len(self._relayed)
+
     @classmethod
     def of(
         cls, client: "redis.Redis", settings: OrchestratorSettings, pool: SessionPool, events: JobEvents

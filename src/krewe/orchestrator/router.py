@@ -107,8 +107,10 @@ class JobRouter:
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_first_job: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self._on_first_job = on_first_job  # called when a job opens while none is open
         self._pool = pool
         self._ledger = ledger
         self._records = records
@@ -168,6 +170,8 @@ class JobRouter:
         loop = asyncio.get_running_loop()
         running = _Running(job, loop.create_future(), loop.create_future())
         self._running[job.id] = running
+        if len(self._running) == 1:
+            self._on_first_job()
         running.timer = loop.call_later(timeout_ms / 1000, self._deadline, running)
         self._carry_out(running, job.start(now))
         answer = await asyncio.shield(running.caller)
