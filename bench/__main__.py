@@ -62,6 +62,16 @@ def load(url: str, *args: str) -> dict[str, Any]:
     return result
 
 
+def load_on(server: Process, url: str, *args: str) -> dict[str, Any]:
+    """`load`, and the CPU time the server's process spent per job served (user + system, all of
+    its threads): it depends less than jobs/s on how much of the machine other processes take."""
+    before = server.cpu_seconds()
+    result = load(url, *args)
+    spent_s = server.cpu_seconds() - before
+    result["cpu_ms_per_job"] = round(1000 * spent_s / result["ok"], 3) if result["ok"] else None
+    return result
+
+
 def load_at_once(urls: list[str], *args: str) -> list[dict[str, Any]]:
     """One load generator per URL, all started together, each with the same arguments."""
     with ExitStack() as stack:
@@ -127,7 +137,7 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
     rates = (200, 500) if quick else (*TARGET_RATES, 2000)
     measured: dict[str, Any] = {"krewe": {"open": []}, "baseline": {"open": []}}
     with chain(miners) as (anvil, deployment), ExitStack() as stack:
-        _, krewe = stack.enter_context(
+        krewe_process, krewe = stack.enter_context(
             orchestrator(anvil, deployment, workdir, **production_settings(quick, deployment))
         )
         for miner in start_miners(krewe.replace("http", "ws") + "/v1/workers/connect", miners, workdir):
@@ -142,9 +152,9 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
         # each point runs on krewe, then at once on the baseline: on a shared machine the two see
         # the same background load, which a whole phase of each would not
         before = scrape(krewe)
-        measured["krewe"]["closed"] = load(krewe, "--closed", clients, "--seconds", seconds)
+        measured["krewe"]["closed"] = load_on(krewe_process, krewe, "--closed", clients, "--seconds", seconds)
         measured["krewe"]["closed"]["loop"] = loop_during(before, scrape(krewe))
-        measured["baseline"]["closed"] = load(bare, "--closed", clients, "--seconds", seconds)
+        measured["baseline"]["closed"] = load_on(baseline, bare, "--closed", clients, "--seconds", seconds)
         for rate in rates:
             before = scrape(krewe)
             point = load(krewe, "--rate", str(rate), "--seconds", point_s)
@@ -189,6 +199,8 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
             "clients": int(clients),
             "seconds": float(seconds),
             "loop_lag_max_ms": ours["loop"]["lag_max_ms"],
+            "cpu_ms_per_job": ours["cpu_ms_per_job"],
+            "baseline_cpu_ms_per_job": theirs["cpu_ms_per_job"],
         },
         "latency": latency,
         "loop_lag": {
@@ -381,6 +393,11 @@ def throughput_rows(rows: Table, report: dict[str, Any]) -> None:
         "krewe ÷ baseline",
         f"{t['krewe_over_baseline']}",
         f"≥ {TARGETS['krewe_over_baseline']} (goal 0.75)",
+    )
+    rows.add_row(
+        "server CPU per job, closed loop: krewe / baseline",
+        f"{t['cpu_ms_per_job']} / {t['baseline_cpu_ms_per_job']} ms",
+        "",
     )
     for row in report["latency"]:
         rows.add_row(

@@ -18,7 +18,9 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert {"machine", "date", "versions"} <= set(report)
-    assert report["throughput"]["max_jobs_per_s"] > 0 and report["throughput"]["baseline_max_jobs_per_s"] > 0
+    throughput = report["throughput"]
+    assert throughput["max_jobs_per_s"] > 0 and throughput["baseline_max_jobs_per_s"] > 0
+    assert throughput["cpu_ms_per_job"] > 0 and throughput["baseline_cpu_ms_per_job"] > 0
     for row in report["latency"]:
         assert {
             "offered_jobs_per_s",
