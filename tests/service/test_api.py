@@ -5,8 +5,10 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
+from krewe.orchestrator.api import dashboard
 from krewe.protocol.messages import CloseCode
 from tests.service.conftest import Harness, until
 from tests.service.test_jobs import CHAT, get, post
@@ -181,3 +183,28 @@ async def test_shutdown_closes_miners_with_1001_and_settles(harness: Harness) ->
     await until(lambda: all(m.close_code is not None for m in miners), what="miners to be closed")
     assert {m.close_code for m in miners} == {CloseCode.GOING_AWAY}
     assert harness.orchestrator.settlements[0]["outcome"] == "paid"
+
+
+async def test_the_dashboard_reads_the_chain_only_while_somebody_watches(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = harness.orchestrator.dashboard
+    reads: list[float] = []
+    read = feed._read_chain
+
+    async def counted(now: float) -> dict[str, Any]:
+        reads.append(now)
+        return await read(now)
+
+    monkeypatch.setattr(feed, "_read_chain", counted)
+    monkeypatch.setattr(dashboard, "CHAIN_EVERY_S", 0.0)  # each snapshot may read it again
+    for _ in range(3):
+        await feed._tick()
+    assert reads == []
+    stream = feed.subscribe()
+    first = orjson.loads(await anext(stream))
+    assert first["chain"]["reachable"] is True and len(reads) >= 1
+    seen = len(reads)
+    await feed._tick()
+    assert len(reads) > seen
+    await stream.aclose()
