@@ -11,7 +11,8 @@ holding the GIL) shows as lag, whoever caused it. Every lag goes into the histog
 D seconds shows as a lag of at least D less the interval the timer was set with.
 
 The idle interval is the price of a timer's wakeups: a loop with nothing else to do wakes for each,
-and 100 wakeups a second cost more than the heartbeats of 10,000 idle miners (docs/performance.md).
+and 100 wakeups a second cost an idle orchestrator more than a point of a core, about half of what
+the heartbeats of 10,000 idle miners cost (docs/performance.md).
 While no job is open, no caller waits on the loop, and a stall then shows as up to
 `idle_interval_s` shorter than it was (the warning of a stall past `warn_s` may not come for one of
 up to `warn_s` + `idle_interval_s`).
