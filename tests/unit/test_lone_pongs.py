@@ -3,7 +3,6 @@ WebSocket's reader; every other frame, and a pong in the company of other bytes,
 reader as before."""
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
@@ -117,9 +116,8 @@ async def served() -> AsyncIterator[tuple[_Endpoint, int]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server: Any = site._server
     try:
-        yield endpoint, server.sockets[0].getsockname()[1]
+        yield endpoint, runner.addresses[0][1]
     finally:
         await runner.cleanup()
 
