@@ -3,7 +3,7 @@
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -45,17 +45,16 @@ async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_stra
 ) -> None:
     await harness.connected("honest", "honest", "honest")
     service = harness.orchestrator.ledger
-    ledger = service._ledger  # the RewardLedger behind the service's thread
-    real_credit_many = ledger.credit_many
+    real_credit_many = service.credit_many
     written: list[list[str]] = []
-    gates = [threading.Event(), threading.Event()]
+    gates = [asyncio.Event(), asyncio.Event()]
 
-    def held(credits: list[Credit]) -> list[bool]:
-        gates[min(len(written), 1)].wait(timeout=10)  # bounded; the test fails if it runs out
+    async def held(credits: Sequence[Credit]) -> list[bool]:
+        await asyncio.wait_for(gates[min(len(written), 1)].wait(), timeout=10)  # bounded
         written.append([credit.worker for credit in credits])
-        return real_credit_many(credits)
+        return await real_credit_many(credits)
 
-    ledger.credit_many = held  # type: ignore[method-assign]
+    service.credit_many = held  # type: ignore[method-assign]
     job = {"model": "test-model", "task": "chat", "input": {"messages": CHAT["messages"]}}
     answer = asyncio.ensure_future(post(harness, "/v1/jobs", job))
     router = harness.orchestrator.router
@@ -74,7 +73,7 @@ async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_stra
 async def test_a_credit_that_cannot_be_written_is_retried_and_new_jobs_wait(harness: Harness) -> None:
     honest1, honest2, honest3 = await harness.connected("honest", "honest", "honest")
     service = harness.orchestrator.ledger
-    ledger = service._ledger  # the RewardLedger behind the service's thread
+    ledger = service._ledger  # the RewardLedger behind the service
     healed = threading.Event()
     real_credit_many = ledger.credit_many
 

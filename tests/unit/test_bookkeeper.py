@@ -1,0 +1,61 @@
+"""LedgerService on both stores: where the ledger's calls run, group commits, and failures."""
+
+import asyncio
+import threading
+from collections.abc import Iterable
+
+from krewe.orchestrator.bookkeeper import LedgerService
+from krewe.orchestrator.ledger import Credit
+from tests.support.ledgers import LedgerOpener
+
+WORKERS = [f"0x{index:040x}" for index in range(1, 4)]
+
+
+def credits_of(job: int) -> list[Credit]:
+    return [Credit(f"job-{job}", worker, 10) for worker in WORKERS]
+
+
+async def test_credits_handed_over_in_one_pass_of_the_loop_share_one_commit(
+    ledger_opener: LedgerOpener,
+) -> None:
+    ledger = ledger_opener.open()
+    service = LedgerService(ledger)
+    real_credit_many = ledger.credit_many
+    commits: list[tuple[int, str]] = []  # credits per commit, and the thread that made it
+
+    def counted(credits: Iterable[Credit]) -> list[bool]:
+        batch = list(credits)
+        commits.append((len(batch), threading.current_thread().name))
+        return real_credit_many(batch)
+
+    ledger.credit_many = counted  # type: ignore[method-assign]
+    added = await asyncio.gather(*(service.credit_many(credits_of(job)) for job in range(5)))
+    assert added == [[True] * 3] * 5
+    assert [count for count, _ in commits] == [15]
+    assert await service.pending() == dict.fromkeys(WORKERS, 50)
+    # SQLite commits on the loop's own thread; Redis, which waits on the network, on the ledger's
+    on_loop = threading.current_thread().name
+    assert commits[0][1] == on_loop if ledger_opener.store == "sqlite" else commits[0][1] != on_loop
+    assert await service.credit_many(credits_of(0)) == [False] * 3  # a credit is made once
+    await service.close()
+
+
+async def test_every_caller_of_a_failed_commit_learns_of_it_and_nothing_is_credited(
+    ledger_opener: LedgerOpener,
+) -> None:
+    ledger = ledger_opener.open()
+    service = LedgerService(ledger)
+    real_credit_many = ledger.credit_many
+
+    def failing(credits: Iterable[Credit]) -> list[bool]:
+        raise OSError("disk I/O error")
+
+    ledger.credit_many = failing  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        *(service.credit_many(credits_of(job)) for job in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, OSError) for result in results)
+    assert await service.pending() == {}
+    ledger.credit_many = real_credit_many  # type: ignore[method-assign]
+    assert await service.credit_many(credits_of(0)) == [True] * 3
+    await service.close()
