@@ -2,10 +2,11 @@
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from krewe.orchestrator.bookkeeper import LedgerService
-from krewe.orchestrator.ledger import Credit
+from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SQLiteLedgerStore
 from tests.support.ledgers import LedgerOpener
 
 WORKERS = [f"0x{index:040x}" for index in range(1, 4)]
@@ -58,4 +59,34 @@ async def test_every_caller_of_a_failed_commit_learns_of_it_and_nothing_is_credi
     assert await service.pending() == {}
     ledger.credit_many = real_credit_many  # type: ignore[method-assign]
     assert await service.credit_many(credits_of(0)) == [True] * 3
+    await service.close()
+
+
+async def test_a_sqlite_snapshot_freezes_one_batch_per_transaction_and_loses_no_credit_made_meanwhile(
+    tmp_path: Path,
+) -> None:
+    ledger = RewardLedger(SQLiteLedgerStore(tmp_path / "ledger.db"))
+    service = LedgerService(ledger)
+    early = [f"0x{index:040x}" for index in range(10, 15)]
+    await service.credit_many([Credit("job-a", worker, 10) for worker in early])
+    real_freeze = ledger._store.freeze
+    transactions: list[list[tuple[str, ...]]] = []
+
+    def counted(batches: Sequence[Batch]) -> None:
+        transactions.append([batch.workers for batch in batches])
+        real_freeze(batches)
+
+    ledger._store.freeze = counted  # type: ignore[method-assign]
+    late = [f"0x{index:040x}" for index in (1, 20)]  # one sorts before the early workers, one after
+    snapshot = asyncio.ensure_future(service.snapshot(max_batch=2))
+    await asyncio.sleep(0)  # the first batch is frozen: the snapshot lets the loop run
+    await service.credit_many([Credit("job-b", worker, 7) for worker in late])
+    batches = await snapshot
+    assert transactions == [[batch.workers] for batch in batches]
+    # what is pending after each batch is frozen in address order, for as many batches as it took
+    # to freeze what was pending at the start: a credit made meanwhile joins one, or stays pending
+    assert [batch.workers for batch in batches] == [tuple(early[:2]), tuple(early[2:4]), (late[0], early[4])]
+    assert await service.pending() == {late[1]: 7}
+    totals = await service.totals()
+    assert totals.credited == totals.pending + totals.in_flight == 5 * 10 + 2 * 7
     await service.close()

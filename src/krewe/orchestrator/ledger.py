@@ -33,6 +33,7 @@ store is SQLite in WAL mode with `synchronous=FULL`: a commit is on disk before 
 callers that want throughput group many credits into one `credit_many`.
 """
 
+import heapq
 import json
 import sqlite3
 import time
@@ -337,11 +338,13 @@ class RewardLedger:
         if len(credits) >= self._index_every:
             self._due.add(worker)
 
-    def snapshot(self, max_batch: int) -> list[Batch]:
-        """Freeze every pending credit into batches of at most `max_batch` workers."""
+    def snapshot(self, max_batch: int, *, max_batches: int | None = None) -> list[Batch]:
+        """Freeze pending credits into batches of at most `max_batch` workers, in the order of the
+        workers' addresses: every one, or those of the first `max_batches` batches."""
         if max_batch < 1:
             raise LedgerError(f"max_batch must be at least 1, not {max_batch}")
-        workers = sorted(self._pending)
+        count = len(self._pending) if max_batches is None else max_batch * max_batches
+        workers = heapq.nsmallest(count, self._pending)
         batches: list[Batch] = []
         for start in range(0, len(workers), max_batch):
             chunk = tuple(workers[start : start + max_batch])
@@ -353,7 +356,8 @@ class RewardLedger:
         for batch in batches:
             self._open[batch.id] = batch
         self._next_batch_id += len(batches)
-        self._pending.clear()
+        for worker in workers:
+            del self._pending[worker]
         return batches
 
     def commit(self, batch_id: int) -> Batch:
