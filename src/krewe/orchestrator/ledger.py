@@ -694,7 +694,6 @@ class SQLiteLedgerStore:
         )
 
     @staticmethod
-    @staticmethod
     def _add_to_paid(db: sqlite3.Connection, amounts: Mapping[str, int]) -> None:
         found = dict(
             _rows_of(db, "SELECT worker, paid FROM paid_by_worker WHERE worker IN ({})", list(amounts))
