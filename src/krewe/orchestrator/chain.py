@@ -18,12 +18,12 @@ own posts take a process-wide `threading.Lock` on a worker thread for every requ
 cancelled while it waits (a read under `asyncio.wait_for`) can leave that lock held for good: every
 later web3 request of the process then hangs (web3.py issue 3867).
 
-A batch's calldata is encoded with eth_abi directly, and with its payload hash and signature on a
-worker thread: web3's contract encoding of a few hundred recipients held the event loop for about
-a hundred milliseconds per call, and settlement encoded each batch twice.
+A batch's calldata and payload are ABI-encoded here, word by word, and signed on the event loop:
+0.3 ms to encode 300 recipients, 1.5 ms to sign a batch of 500. web3's contract layer held the loop
+about 100 ms per batch; eth_abi took 5 ms on a worker thread, which took the interpreter from the
+loop for that long, in slices of the switch interval, while jobs waited.
 """
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-from eth_abi.abi import encode
 from eth_typing import HexStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
@@ -104,15 +103,36 @@ class _Provider(AsyncHTTPProvider):
 
 def payload_hash(workers: tuple[str, ...], amounts: tuple[int, ...]) -> str:
     """keccak256(abi.encode(workers, amounts)), as the distributor's event carries it."""
-    return "0x" + AsyncWeb3.keccak(
-        encode(["address[]", "uint256[]"], [list(workers), list(amounts)])
-    ).hex().removeprefix("0x")
+    return "0x" + AsyncWeb3.keccak(_encode_arrays((), workers, amounts)).hex().removeprefix("0x")
 
 
 def batch_calldata(batch_nonce: int, workers: tuple[str, ...], amounts: tuple[int, ...]) -> HexStr:
     """The data of `batchDistributeRewards(batch_nonce, workers, amounts)`."""
-    arguments = encode(BATCH_TYPES, [batch_nonce, list(workers), list(amounts)])
+    arguments = _encode_arrays((_word(batch_nonce),), workers, amounts)
     return HexStr("0x" + (BATCH_SELECTOR + arguments).hex())
+
+
+def _encode_arrays(head: tuple[bytes, ...], workers: tuple[str, ...], amounts: tuple[int, ...]) -> bytes:
+    """The ABI encoding of the static words `head`, then `workers` as address[] and `amounts` as
+    uint256[]: each array's offset after the head, and each array as its length and a word per
+    item. Written out because eth_abi took 5 ms for 300 recipients, and settlement encodes twice."""
+    addresses = b"".join(_address_word(worker) for worker in workers)
+    values = b"".join(_word(amount) for amount in amounts)
+    first = 32 * (len(head) + 2)
+    offsets = (_word(first), _word(first + 32 + len(addresses)))
+    return b"".join((*head, *offsets, _word(len(workers)), addresses, _word(len(amounts)), values))
+
+
+def _word(value: int) -> bytes:
+    """A uint256 as its 32-byte word; OverflowError for a negative value or one of 2**256 or more."""
+    return value.to_bytes(32, "big")
+
+
+def _address_word(address: str) -> bytes:
+    raw = bytes.fromhex(address.removeprefix("0x"))
+    if len(raw) != 20:
+        raise ValueError(f"not a 20-byte address: {address!r}")
+    return bytes(12) + raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +246,7 @@ class ChainClient:
 
         `open_account_nonces` are those of the ledger's open sends: the new transaction goes after
         them and after every transaction the chain has, mined or pending."""
-        data, payload = await asyncio.to_thread(
-            lambda: (batch_calldata(batch_nonce, workers, amounts), payload_hash(workers, amounts))
-        )
+        data, payload = batch_calldata(batch_nonce, workers, amounts), payload_hash(workers, amounts)
         self._prepared = ((batch_nonce, workers, amounts), data)
         try:
             estimate = await self.w3.eth.estimate_gas(
@@ -244,7 +262,7 @@ class ChainClient:
         block = await self.w3.eth.get_block("latest")
         max_fee = min(2 * int(block["baseFeePerGas"]) + tip, self._max_fee)
         gas = ceil(estimate * self._gas_margin)
-        send = await asyncio.to_thread(self._sign, data, account_nonce, gas, max_fee, tip)
+        send = self._sign(data, account_nonce, gas, max_fee, tip)
         return Prepared(payload, account_nonce, gas, send)
 
     def replacement(self, batch: Batch) -> SignedSend | None:
