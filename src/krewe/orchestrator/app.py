@@ -233,7 +233,7 @@ class Orchestrator:
         settings = self.settings
         if not settings.shared:
             return RewardLedger(SQLiteLedgerStore(data_dir / "ledger.db"))
-        # the ledger runs on its own thread (LedgerService), so it has a client of its own, not async
+        # the Redis ledger runs on its own thread (LedgerService), so it has a client of its own, not async
         client = redis.Redis.from_url(
             settings.store, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
