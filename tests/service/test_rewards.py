@@ -47,12 +47,14 @@ async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_stra
     service = harness.orchestrator.ledger
     real_credit_many = service.credit_many
     written: list[list[str]] = []
+    hurried: list[bool] = []
     gates = [asyncio.Event(), asyncio.Event()]
 
-    async def held(credits: Sequence[Credit]) -> list[bool]:
+    async def held(credits: Sequence[Credit], *, hurry: bool = True) -> list[bool]:
         await asyncio.wait_for(gates[min(len(written), 1)].wait(), timeout=10)  # bounded
         written.append([credit.worker for credit in credits])
-        return await real_credit_many(credits)
+        hurried.append(hurry)
+        return await real_credit_many(credits, hurry=hurry)
 
     service.credit_many = held  # type: ignore[method-assign]
     job = {"model": "test-model", "task": "chat", "input": {"messages": CHAT["messages"]}}
@@ -68,6 +70,7 @@ async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_stra
     await until(lambda: router.idle, what="the straggler's credit")
     reward = harness.orchestrator.settings.reward_for("test-model")
     assert len(written) == 2 and await service.pending() == dict.fromkeys(written[0] + written[1], reward)
+    assert hurried == [True, False]  # the caller waits for the winners' credit, nobody for the straggler's
 
 
 async def test_a_credit_that_cannot_be_written_is_retried_and_new_jobs_wait(harness: Harness) -> None:

@@ -90,3 +90,39 @@ async def test_a_sqlite_snapshot_freezes_one_batch_per_transaction_and_loses_no_
     totals = await service.totals()
     assert totals.credited == totals.pending + totals.in_flight == 5 * 10 + 2 * 7
     await service.close()
+
+
+async def test_a_credit_nobody_waits_for_shares_the_next_commit(ledger_opener: LedgerOpener) -> None:
+    ledger = ledger_opener.open()
+    service = LedgerService(ledger)
+    real_credit_many = ledger.credit_many
+    commits: list[int] = []
+
+    def counted(credits: Iterable[Credit]) -> list[bool]:
+        batch = list(credits)
+        commits.append(len(batch))
+        return real_credit_many(batch)
+
+    ledger.credit_many = counted  # type: ignore[method-assign]
+    straggler = asyncio.ensure_future(service.credit_many(credits_of(0), hurry=False))
+    for _ in range(3):  # passes of the loop, in which a hurried credit would have been committed
+        await asyncio.sleep(0)
+    assert commits == []
+    assert await service.credit_many(credits_of(1)) == [True] * 3
+    assert await straggler == [True] * 3
+    assert commits == [6]
+    # alone, it is committed all the same, after a short wait (bounded here by the timeout)
+    assert await asyncio.wait_for(service.credit_many(credits_of(2), hurry=False), timeout=5) == [True] * 3
+    assert commits == [6, 3]
+    await service.close()
+
+
+async def test_closing_writes_a_credit_still_waiting_to_share_a_commit(ledger_opener: LedgerOpener) -> None:
+    service = LedgerService(ledger_opener.open())
+    straggler = asyncio.ensure_future(service.credit_many(credits_of(0), hurry=False))
+    await asyncio.sleep(0)  # the credit is queued
+    await service.close()
+    assert await straggler == [True] * 3
+    reopened = ledger_opener.open()
+    assert reopened.pending() == dict.fromkeys(WORKERS, 10)
+    reopened.close()

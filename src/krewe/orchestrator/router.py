@@ -365,7 +365,8 @@ class JobRouter:
                                 messages.encode(messages.Verdict(job.id, agreed, str(credit)))
                             )
                     case jobs.Credit(amounts):
-                        await self._credit([Credit(job.id, worker, amount) for worker, amount in amounts])
+                        credits = [Credit(job.id, worker, amount) for worker, amount in amounts]
+                        await self._credit(credits, hurry=not running.caller.done())
                     case jobs.AnswerCaller():
                         if not running.caller.done():
                             running.caller.set_result(command)
@@ -378,12 +379,13 @@ class JobRouter:
         if session is not None and not await session.channel.send(frame):
             self._carry_out(running, running.job.session_gone(worker, "disconnected"))
 
-    async def _credit(self, credits: list[Credit]) -> None:
-        """Credit durably, retrying with backoff for as long as it takes: a credit is never dropped."""
+    async def _credit(self, credits: list[Credit], *, hurry: bool) -> None:
+        """Credit durably, retrying with backoff for as long as it takes: a credit is never dropped.
+        `hurry`: the caller waits for it (a straggler's credit may wait to share a commit)."""
         delay = 0.05
         while True:
             try:
-                await self._ledger.credit_many(credits)
+                await self._ledger.credit_many(credits, hurry=hurry)
             except Exception as error:
                 if delay == 0.05:
                     self._unwritable_credits += 1
