@@ -358,9 +358,11 @@ while True:
         ledger.credit_many(credits)
         for c in credits:
             print("credit", c.job_id, c.worker, c.amount, flush=True)
-    elif action < 0.85:
-        for batch in ledger.snapshot(max_batch=4):
-            print("batch", batch.id, flush=True)
+    elif action < 0.85:  # every batch in one transaction, or one batch per transaction
+        rounds = 1 if rng.random() < 0.5 else -(-len(ledger.pending()) // 4)
+        for _ in range(rounds):
+            for batch in ledger.snapshot(max_batch=4, max_batches=None if rounds == 1 else 1):
+                print("batch", batch.id, flush=True)
     else:
         for batch in ledger.open_batches()[:1]:
             if rng.random() < 0.5:
@@ -432,3 +434,43 @@ def test_sigkill_at_a_random_point_loses_nothing_acknowledged(tmp_path: Path, se
             assert stored[key] == amount
         assert all(states[batch_id] == "paid" for batch_id in paid)
         assert all(states[batch_id] == "reverted" for batch_id in reverted)
+
+
+# A real process freezes its pending credits one batch per transaction, as the service does, and is
+# killed with SIGKILL just after the first batch is durable, with the others still to come.
+CHUNKED_SNAPSHOT = """
+import sys, time
+from krewe.orchestrator.ledger import Credit, RewardLedger, SQLiteLedgerStore
+ledger = RewardLedger(SQLiteLedgerStore(sys.argv[1]))
+ledger.credit_many([Credit("job-1", f"0x{worker:02x}", 10 + worker) for worker in range(12)])
+print("credited", flush=True)
+ledger.snapshot(max_batch=4, max_batches=1)
+print("frozen", flush=True)
+time.sleep(60)  # killed here, before the next batch
+"""
+
+
+def test_sigkill_between_two_batches_of_a_snapshot_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHUNKED_SNAPSHOT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "credited\n"
+    assert process.stdout.readline() == "frozen\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stdout.close()
+    ledger = open_ledger(path)
+    assert_balanced(ledger)
+    [frozen] = ledger.open_batches()
+    assert frozen.workers == tuple(f"0x{worker:02x}" for worker in range(4))
+    assert ledger.pending() == {f"0x{worker:02x}": 10 + worker for worker in range(4, 12)}
+    # the rest is frozen by the next snapshot, after the batch left open
+    assert [batch.workers for batch in ledger.snapshot(max_batch=4)] == [
+        tuple(f"0x{worker:02x}" for worker in range(4, 8)),
+        tuple(f"0x{worker:02x}" for worker in range(8, 12)),
+    ]
+    assert_balanced(ledger)
+    assert ledger.totals().in_flight == sum(10 + worker for worker in range(12))
+    ledger.close()
