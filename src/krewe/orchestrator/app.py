@@ -165,7 +165,7 @@ class Orchestrator:
             nonces = RedisNonces(self.redis, nonce_ttl_s(settings.auth_timeout_s))
         else:
             self.records = SQLiteJobStore(data_dir / "jobs.db", retention_s=retention_s, activity=activity)
-            self.scores = SQLiteScoreStore(data_dir / "ledger.db")
+            self.scores = SQLiteScoreStore(data_dir / "scores.db", earlier=data_dir / "ledger.db")
             self.limiter = RateLimiter(rate, burst, clock=time.monotonic)
             nonces = MemoryNonces(nonce_ttl_s(settings.auth_timeout_s))
         self.dashboard = DashboardFeed(self, activity)
