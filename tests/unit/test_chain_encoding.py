@@ -35,6 +35,8 @@ def test_the_payload_hash_is_keccak_of_what_eth_abi_encodes() -> None:
     [
         (("0x" + "11" * 19,), (1,), ValueError),  # 19 bytes
         (("0x" + "zz" * 20,), (1,), ValueError),
+        (("0x" + "11" * 19 + " 1",), (1,), ValueError),  # whitespace, which bytes.fromhex skips
+        (("11" * 21,), (1,), ValueError),  # no 0x
         (("0x" + "11" * 20,), (-1,), OverflowError),
         (("0x" + "11" * 20,), (2**256,), OverflowError),
     ],

@@ -129,8 +129,8 @@ def _word(value: int) -> bytes:
 
 
 def _address_word(address: str) -> bytes:
-    raw = bytes.fromhex(address.removeprefix("0x"))
-    if len(raw) != 20:
+    raw = bytes.fromhex(address[2:]) if len(address) == 42 and address.startswith("0x") else b""
+    if len(raw) != 20:  # fromhex skips whitespace: "0x" and 40 characters that are not all hex fail
         raise ValueError(f"not a 20-byte address: {address!r}")
     return bytes(12) + raw
 
