@@ -7,7 +7,7 @@ from pathlib import Path
 
 from krewe.orchestrator.bookkeeper import LedgerService
 from krewe.orchestrator.ledger import Batch, Credit, RewardLedger, SQLiteLedgerStore
-from tests.support.ledgers import LedgerOpener
+from tests.support.ledgers import Ledger, LedgerOpener
 
 WORKERS = [f"0x{index:040x}" for index in range(1, 4)]
 
@@ -16,13 +16,10 @@ def credits_of(job: int) -> list[Credit]:
     return [Credit(f"job-{job}", worker, 10) for worker in WORKERS]
 
 
-async def test_credits_handed_over_in_one_pass_of_the_loop_share_one_commit(
-    ledger_opener: LedgerOpener,
-) -> None:
-    ledger = ledger_opener.open()
-    service = LedgerService(ledger)
+def counting_commits(ledger: Ledger) -> list[tuple[int, str]]:
+    """From now on, each of the ledger's commits: how many credits, and the thread that made it."""
     real_credit_many = ledger.credit_many
-    commits: list[tuple[int, str]] = []  # credits per commit, and the thread that made it
+    commits: list[tuple[int, str]] = []
 
     def counted(credits: Iterable[Credit]) -> list[bool]:
         batch = list(credits)
@@ -30,6 +27,15 @@ async def test_credits_handed_over_in_one_pass_of_the_loop_share_one_commit(
         return real_credit_many(batch)
 
     ledger.credit_many = counted  # type: ignore[method-assign]
+    return commits
+
+
+async def test_credits_handed_over_in_one_pass_of_the_loop_share_one_commit(
+    ledger_opener: LedgerOpener,
+) -> None:
+    ledger = ledger_opener.open()
+    commits = counting_commits(ledger)
+    service = LedgerService(ledger)
     added = await asyncio.gather(*(service.credit_many(credits_of(job)) for job in range(5)))
     assert added == [[True] * 3] * 5
     assert [count for count, _ in commits] == [15]
@@ -94,26 +100,18 @@ async def test_a_sqlite_snapshot_freezes_one_batch_per_transaction_and_loses_no_
 
 async def test_a_credit_nobody_waits_for_shares_the_next_commit(ledger_opener: LedgerOpener) -> None:
     ledger = ledger_opener.open()
+    commits = counting_commits(ledger)
     service = LedgerService(ledger)
-    real_credit_many = ledger.credit_many
-    commits: list[int] = []
-
-    def counted(credits: Iterable[Credit]) -> list[bool]:
-        batch = list(credits)
-        commits.append(len(batch))
-        return real_credit_many(batch)
-
-    ledger.credit_many = counted  # type: ignore[method-assign]
     straggler = asyncio.ensure_future(service.credit_many(credits_of(0), hurry=False))
     for _ in range(3):  # passes of the loop, in which a hurried credit would have been committed
         await asyncio.sleep(0)
     assert commits == []
     assert await service.credit_many(credits_of(1)) == [True] * 3
     assert await straggler == [True] * 3
-    assert commits == [6]
+    assert [count for count, _ in commits] == [6]
     # alone, it is committed all the same, after a short wait (bounded here by the timeout)
     assert await asyncio.wait_for(service.credit_many(credits_of(2), hurry=False), timeout=5) == [True] * 3
-    assert commits == [6, 3]
+    assert [count for count, _ in commits] == [6, 3]
     await service.close()
 
 
