@@ -165,8 +165,17 @@ def test_a_send_record_survives_a_reopen(ledger_opener: LedgerOpener) -> None:
     assert ledger_opener.open().open_batches() == [replace(batch, send=RECORD)]
 
 
+def as_version_2_wrote_it(path: Path) -> None:
+    """Take away what version 3 added: each signed batch's nonce and transaction hash."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE batch_sends")
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+
+
 def as_version_1_wrote_it(path: Path) -> None:
-    """Take away what version 2 added: credit times, earnings, payouts."""
+    """Take away what versions 2 and 3 added: credit times, earnings, payouts, the batch columns."""
+    as_version_2_wrote_it(path)
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE payouts")
         db.execute("DROP TABLE paid_by_worker")
@@ -225,16 +234,48 @@ def test_a_ledger_written_before_signed_blocks_were_recorded_opens(tmp_path: Pat
     assert reopened.open_batches() == [replace(batch, send=replace(RECORD, signed_block=0))]
     reopened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
     db.close()
+
+
+def test_a_ledger_written_before_batch_sends_lists_its_payouts(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(path)
+    ledger.credit_many([Credit("j1", "0xA", 3), Credit("j2", "0xA", 5)])
+    (paid,) = ledger.snapshot(max_batch=5)
+    bumped = replace(
+        RECORD, sends=(*RECORD.sends, SignedSend("0x" + "03" * 32, "0x02f9", 4 * 10**9, 2 * 10**9))
+    )
+    ledger.record_send(paid.id, bumped)
+    ledger.commit(paid.id)
+    ledger.credit("0xA", 6, "j3")
+    (unsigned,) = ledger.snapshot(max_batch=5)
+    ledger.close()
+    as_version_2_wrote_it(path)
+    reopened = open_ledger(path)
+    (earlier,) = reopened.statement("0xA", StatementCursor(), limit=10).payouts
+    assert (earlier.batch_id, earlier.batch_nonce, earlier.tx_hash, earlier.amount) == (
+        paid.id,
+        RECORD.batch_nonce,
+        "0x" + "03" * 32,  # the latest send: the fee bump
+        8,
+    )
+    reopened.record_send(unsigned.id, replace(RECORD, batch_nonce=5))  # written to the new table
+    reopened.commit(unsigned.id)
+    payouts = reopened.statement("0xA", StatementCursor(), limit=10).payouts
+    assert [(p.batch_id, p.batch_nonce, p.tx_hash, p.amount) for p in payouts] == [
+        (unsigned.id, 5, RECORD.sends[-1].tx_hash, 6),
+        (paid.id, RECORD.batch_nonce, "0x" + "03" * 32, 8),
+    ]
+    reopened.close()
 
 
 def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     open_ledger(tmp_path / "ledger.db").close()
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        db.execute("PRAGMA user_version = 3")
+        db.execute("PRAGMA user_version = 4")
     db.close()
-    with pytest.raises(LedgerError, match="ledger version 3, newer than this krewe reads"):
+    with pytest.raises(LedgerError, match="ledger version 4, newer than this krewe reads"):
         open_ledger(tmp_path / "ledger.db")
 
 

@@ -475,8 +475,9 @@ INSERT OR IGNORE INTO totals (id, credited, paid) VALUES (1, '0', '0');
 # PRAGMA user_version of the ledgers this code writes. 1: send records carry `signed_block`.
 # 2: credits carry the time they were made; what each worker was paid (`paid_by_worker`), its
 # share of every paid batch (`payouts`) and its credits by worker (`statement_credits`) are kept,
-# for statements.
-_SCHEMA_VERSION = 2
+# for statements. 3: each signed batch's batch nonce and latest transaction hash have a table of their
+# own (`batch_sends`), so that a statement lists payouts without reading whole send records.
+_SCHEMA_VERSION = 3
 
 _SCHEMA_2 = """
 ALTER TABLE credits ADD COLUMN at INTEGER NOT NULL DEFAULT 0;  -- ms since the epoch, 0 when unknown
@@ -506,6 +507,16 @@ CREATE TABLE payouts (                    -- each worker's share of each paid ba
     PRIMARY KEY (worker, batch_id)
 ) WITHOUT ROWID;
 """
+
+
+_SCHEMA_3 = """
+CREATE TABLE batch_sends (                -- of each signed batch, what its statement lines show
+    batch_id INTEGER PRIMARY KEY,
+    batch_nonce INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL                 -- the latest transaction signed for it
+)
+"""
+_RECORD_SEND_HEAD = "INSERT OR REPLACE INTO batch_sends (batch_id, batch_nonce, tx_hash) VALUES (?, ?, ?)"
 
 
 class SQLiteLedgerStore:
@@ -552,6 +563,13 @@ class SQLiteLedgerStore:
                     )
             if version < 2:
                 self._add_statements(db)
+            if version < 3:
+                db.execute(_SCHEMA_3)
+                signed = db.execute("SELECT id, send FROM batches WHERE send IS NOT NULL").fetchall()
+                db.executemany(
+                    _RECORD_SEND_HEAD,
+                    [(batch_id, *_send_head(SendRecord.from_json(send))) for batch_id, send in signed],
+                )
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @staticmethod
@@ -684,6 +702,7 @@ class SQLiteLedgerStore:
             ).rowcount
             if updated != 1:
                 raise LedgerError(f"batch {batch_id} is not open in the store")
+            db.execute(_RECORD_SEND_HEAD, (batch_id, *_send_head(record)))
 
     @staticmethod
     def _add_to_balances(db: sqlite3.Connection, owed: Mapping[str, int]) -> None:
@@ -733,33 +752,30 @@ class SQLiteLedgerStore:
 
     def payouts_of(self, worker: str, before: int | None, limit: int) -> list[StatementPayout]:
         query = (
-            "SELECT payouts.batch_id, payouts.amount, payouts.at, batches.send FROM payouts"
-            " JOIN batches ON batches.id = payouts.batch_id WHERE payouts.worker = ?"
+            "SELECT payouts.batch_id, payouts.amount, payouts.at, batch_sends.batch_nonce,"
+            " batch_sends.tx_hash FROM payouts"
+            " LEFT JOIN batch_sends ON batch_sends.batch_id = payouts.batch_id WHERE payouts.worker = ?"
         )
         arguments: tuple[object, ...] = (worker,)
         if before is not None:
             query += " AND payouts.batch_id < ?"
             arguments += (before,)
         query += " ORDER BY payouts.batch_id DESC LIMIT ?"
-        payouts = []
-        for batch_id, amount, at, send in self._db.execute(query, (*arguments, limit)):
-            record = SendRecord.from_json(send) if send else None
-            payouts.append(
-                StatementPayout(
-                    batch_id,
-                    record.batch_nonce if record else None,
-                    record.sends[-1].tx_hash if record else None,
-                    int(amount),
-                    at,
-                )
-            )
-        return payouts
+        return [
+            StatementPayout(batch_id, batch_nonce, tx_hash, int(amount), at)
+            for batch_id, amount, at, batch_nonce, tx_hash in self._db.execute(query, (*arguments, limit))
+        ]
 
     def close(self) -> None:
         self._db.close()
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
+
+
+def _send_head(record: SendRecord) -> tuple[int, str]:
+    """What `batch_sends` keeps of a send record: its batch nonce, and its latest transaction's hash."""
+    return record.batch_nonce, record.sends[-1].tx_hash
 
 
 def _rows_of(db: sqlite3.Connection, query: str, workers: list[str]) -> list[Any]:
