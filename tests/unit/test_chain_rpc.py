@@ -100,6 +100,8 @@ async def test_the_landed_payload_is_the_first_word_of_the_log_searched_by_nonce
         ("eth_blockNumber", None, "None"),
         ("eth_blockNumber", "0xzz", "'0xzz'"),
         ("eth_getLogs", [{"data": "0x12"}], "without its payload hash"),
+        ("eth_getLogs", ["0x12"], "without its payload hash"),
+        ("eth_getLogs", {"data": "0x12"}, "not a list of logs"),
     ],
 )
 async def test_an_answer_that_is_not_what_the_method_returns_is_a_chain_error(
@@ -126,6 +128,20 @@ async def test_a_revert_refuses_the_batch_and_another_error_is_raised_as_it_came
         await client.prepare(0, WORKERS, (1, 2))
     fake.answers["eth_estimateGas"] = {"error": {"code": -32000, "message": "header not found"}}
     with pytest.raises(RpcError, match="header not found"):
+        await client.prepare(0, WORKERS, (1, 2))
+
+
+async def test_a_head_block_without_a_base_fee_is_a_chain_error(
+    node: tuple[ScriptedNode, ChainClient],
+) -> None:
+    fake, client = node
+    fake.answers |= {
+        "eth_estimateGas": "0x5208",
+        "eth_getTransactionCount": "0x2",
+        "eth_maxPriorityFeePerGas": "0x1",
+        "eth_getBlockByNumber": {"number": "0x1"},  # a chain before EIP-1559
+    }
+    with pytest.raises(ChainError, match="got None"):
         await client.prepare(0, WORKERS, (1, 2))
 
 

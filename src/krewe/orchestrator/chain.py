@@ -21,8 +21,8 @@ later web3 request of the process then hangs (web3.py issue 3867).
 Settlement's own calls (the reads above, the estimate, the fees, the broadcast) are plain JSON-RPC
 posted on that session (`_Provider.rpc`): through web3's method and contract layers each cost the
 event loop 0.3 to 2 ms of validation and formatting, about 30 ms per settlement in slices between
-jobs, against about 0.25 ms a call posted as it is. web3 is left for what runs once: the checks at
-connection.
+jobs, against about 0.25 ms a call posted as it is. web3 is left for the checks at connection and
+the dashboard's occasional reads.
 
 A batch's calldata and payload are ABI-encoded here, word by word, and signed on the event loop:
 0.3 ms to encode 300 recipients, 1.5 ms to sign a batch of 500. web3's contract layer held the loop
@@ -216,7 +216,7 @@ class ChainClient:
         """Connect and check the distributor: this key must be its orchestrator, and a `max_batch`
         setting, when given, must not exceed its `maxBatch` (or every batch would revert)."""
         provider = _Provider(rpc_url, timeout_s)
-        chain_id = int(await provider.rpc("eth_chainId", []), 16)
+        chain_id = _quantity(await provider.rpc("eth_chainId", []))
         client = cls(provider, distributor, key, chain_id=chain_id, **options)
         orchestrator = await client.distributor.functions.orchestrator().call()
         if orchestrator != key.address:
@@ -262,6 +262,8 @@ class ChainClient:
                 "toBlock": hex(end),
             }
             logs = await self._rpc("eth_getLogs", [search])
+            if not isinstance(logs, list):
+                raise ChainError(f"eth_getLogs: not a list of logs: {logs!r:.200}")
             if logs:
                 return _payload_hash_of(logs[0])
             start = end + 1
@@ -292,7 +294,8 @@ class ChainClient:
         account_nonce = max([pending, *(nonce + 1 for nonce in open_account_nonces)])
         tip = min(_quantity(await self._rpc("eth_maxPriorityFeePerGas", [])), self._max_fee)
         block = await self._rpc("eth_getBlockByNumber", ["latest", False])
-        max_fee = min(2 * _quantity(block["baseFeePerGas"]) + tip, self._max_fee)
+        base_fee = _quantity(block.get("baseFeePerGas") if isinstance(block, dict) else block)
+        max_fee = min(2 * base_fee + tip, self._max_fee)
         gas = ceil(estimate * self._gas_margin)
         send = self._sign(data, account_nonce, gas, max_fee, tip)
         return Prepared(payload, account_nonce, gas, send)
@@ -360,9 +363,9 @@ def _block_tag(block: int | Literal["latest"]) -> str:
     return block if block == "latest" else hex(block)
 
 
-def _payload_hash_of(log_entry: dict[str, Any]) -> str:
+def _payload_hash_of(log_entry: object) -> str:
     """The payloadHash of a RewardsDistributed log: the first word of its data."""
-    data = log_entry.get("data")
+    data = log_entry.get("data") if isinstance(log_entry, dict) else None
     if not (isinstance(data, str) and len(data) >= 2 + 64):
         raise ChainError(f"a RewardsDistributed log without its payload hash: {log_entry!r:.200}")
     return "0x" + data[2:66].lower()
