@@ -23,6 +23,14 @@ from krewe.orchestrator.chain import (
 
 DISTRIBUTOR = "0x" + "cd" * 20
 KEY = SigningKey.from_hex("0x" + "11" * 32)
+# what a node answers the calls that prepare a batch: the gas, the account's count, a 1 gwei tip, a
+# head block with a base fee of 7 wei
+PREPARE_ANSWERS = {
+    "eth_estimateGas": "0x5208",
+    "eth_getTransactionCount": "0x2",
+    "eth_maxPriorityFeePerGas": "0x3b9aca00",
+    "eth_getBlockByNumber": {"baseFeePerGas": "0x7"},
+}
 WORKERS = ("0x" + "01" * 20, "0x" + "02" * 20)
 
 
@@ -135,12 +143,7 @@ async def test_a_head_block_without_a_base_fee_is_a_chain_error(
     node: tuple[ScriptedNode, ChainClient],
 ) -> None:
     fake, client = node
-    fake.answers |= {
-        "eth_estimateGas": "0x5208",
-        "eth_getTransactionCount": "0x2",
-        "eth_maxPriorityFeePerGas": "0x1",
-        "eth_getBlockByNumber": {"number": "0x1"},  # a chain before EIP-1559
-    }
+    fake.answers |= PREPARE_ANSWERS | {"eth_getBlockByNumber": {"number": "0x1"}}  # before EIP-1559
     with pytest.raises(ChainError, match="got None"):
         await client.prepare(0, WORKERS, (1, 2))
 
@@ -149,11 +152,7 @@ async def test_a_broadcast_the_node_does_not_accept_is_not_an_error_and_receipts
     node: tuple[ScriptedNode, ChainClient],
 ) -> None:
     fake, client = node
-    fake.answers |= {
-        "eth_estimateGas": "0x5208",
-        "eth_getTransactionCount": "0x2",
-        "eth_maxPriorityFeePerGas": "0x3b9aca00",
-        "eth_getBlockByNumber": {"baseFeePerGas": "0x7"},
+    fake.answers |= PREPARE_ANSWERS | {
         "eth_sendRawTransaction": {"error": {"code": -32000, "message": "nonce too low"}},
         "eth_getTransactionReceipt": None,
     }
