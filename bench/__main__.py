@@ -474,6 +474,11 @@ def ledger_rows(rows: Table, items: list[dict[str, Any]]) -> None:
                 f"{item['credits_per_s']:,.0f}",
                 "≥ 50,000" if item["group"] != 1 else "",
             )
+        elif item["group"] == "stalls":
+            rows.add_row("ledger, one job's commit: p99 / p99.9 / max", ledger.stall_text(item), "")
+            rows.add_row(
+                f"ledger, paying 500 ({item['batches']} batches): p50 / max", ledger.payment_text(item), ""
+            )
 
 
 def gas_rows(rows: Table, g: dict[str, Any]) -> None:

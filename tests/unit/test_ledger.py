@@ -382,9 +382,13 @@ def test_random_operations_keep_the_ledger_exact(ledger_opener: LedgerOpener) ->
 
 # A real process credits and settles, printing each acknowledged step; it is killed with SIGKILL
 # at a random point, and the reopened ledger must hold every acknowledged step exactly.
+# With `checkpoint_rows` small, the log's checkpoints on their thread run all the time, so the kill
+# often lands in the middle of one.
 WRITER = """
 import random, sys
+from krewe.orchestrator import ledger as module
 from krewe.orchestrator.ledger import Credit, RewardLedger, SQLiteLedgerStore
+module.CHECKPOINT_ROWS = int(sys.argv[4])
 ledger = RewardLedger(SQLiteLedgerStore(sys.argv[1]))
 rng = random.Random(int(sys.argv[2]))
 job = 0
@@ -415,8 +419,12 @@ while True:
 """
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_sigkill_at_a_random_point_loses_nothing_acknowledged(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "checkpoint_rows"), [(seed, 20 if seed % 2 else 1_000) for seed in range(8)]
+)
+def test_sigkill_at_a_random_point_loses_nothing_acknowledged(
+    tmp_path: Path, seed: int, checkpoint_rows: int
+) -> None:
     path = tmp_path / "ledger.db"
     rng = random.Random(seed)
     acknowledged: dict[tuple[str, str], int] = {}
@@ -424,7 +432,15 @@ def test_sigkill_at_a_random_point_loses_nothing_acknowledged(tmp_path: Path, se
     reverted: set[int] = set()
     for life in range(3):  # kill, reopen and carry on writing, three times
         process = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), str(seed * 10 + life), f"life{life}"],
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                str(path),
+                str(seed * 10 + life),
+                f"life{life}",
+                str(checkpoint_rows),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
@@ -475,6 +491,24 @@ def test_sigkill_at_a_random_point_loses_nothing_acknowledged(tmp_path: Path, se
             assert stored[key] == amount
         assert all(states[batch_id] == "paid" for batch_id in paid)
         assert all(states[batch_id] == "reverted" for batch_id in reverted)
+
+
+def test_the_log_is_checkpointed_beside_the_writer_and_stays_short(tmp_path: Path) -> None:
+    """Some 60,000 rows written: SQLite's own checkpoint, on commit, would start only past
+    FALLBACK_CHECKPOINT_PAGES (80 MB of log); the store's thread keeps the log to a few MB."""
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(path)
+    rng = random.Random(7)
+    workers = [f"0x{rng.getrandbits(160):040x}" for _ in range(5_000)]
+    longest = 0
+    for job in range(300):
+        ledger.credit_many(Credit(f"job-{job}", worker, 10**15) for worker in rng.sample(workers, 100))
+        longest = max(longest, path.with_name("ledger.db-wal").stat().st_size)
+    assert longest < 16 * 2**20
+    assert_balanced(ledger)
+    ledger.close()
+    assert not path.with_name("ledger.db-wal").exists()  # every connection closed, the log copied
+    assert open_ledger(path).totals().credited == 300 * 100 * 10**15
 
 
 # A real process freezes its pending credits one batch per transaction, as the service does, and is
