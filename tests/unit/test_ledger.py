@@ -383,7 +383,8 @@ def test_random_operations_keep_the_ledger_exact(ledger_opener: LedgerOpener) ->
 # A real process credits and settles, printing each acknowledged step; it is killed with SIGKILL
 # at a random point, and the reopened ledger must hold every acknowledged step exactly.
 # With `checkpoint_rows` small, the log's checkpoints on their thread run all the time, so the kill
-# often lands in the middle of one.
+# often cuts one short, and the reopening recovers from it. (A kill leaves what the system already
+# holds in memory, so this does not test the order of the syncs.)
 WRITER = """
 import random, sys
 from krewe.orchestrator import ledger as module

@@ -74,7 +74,8 @@ CHECKPOINT_ROWS = 1_000
 # The log's length, in pages, past which a commit checkpoints by itself (SQLite's automatic
 # checkpoint): reached only when the checkpoints on their thread cannot keep up.
 FALLBACK_CHECKPOINT_PAGES = 20_000
-CATCH_UP_PASSES = 4  # passes of the thread, each copying what was written during the one before
+CATCH_UP_PASSES = 4  # at most, each copying what was written during the one before
+CAUGHT_UP_PAGES = 64  # pages written during a pass that the writer copies itself
 
 
 class LedgerError(Exception):
@@ -545,12 +546,16 @@ class SQLiteLedgerStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
-        self._checkpoints = _Checkpoints(self._db, self.path)
+        try:
+            self._checkpoints = _Checkpoints(self._db, self.path)
+        except BaseException:
+            self._db.close()
+            raise
         try:
             self._db.executescript(_SCHEMA)
             self._migrate()
         except BaseException:
-            self._db.close()
+            self.close()
             raise
 
     def __repr__(self) -> str:
@@ -807,17 +812,18 @@ def _rows_of(db: sqlite3.Connection, query: str, workers: list[str]) -> list[Any
 class _Checkpoints:
     """Copies the write-ahead log into the database file on a thread and a connection of their
     own, every CHECKPOINT_ROWS rows written. SQLite's own checkpoint runs inside the commit that
-    fills the log, on the event loop: it made one credit's commit in a thousand take 5 to 16 ms
-    instead of 0.2, and some 50 to 250 ms (docs/performance.md).
+    fills the log, on the event loop: one commit in a thousand took 5 to 10 ms instead of 0.2
+    (docs/performance.md).
 
     The log is written again from its start, and so stays a few MB long, only once a write begins
-    with every page of it copied. So the thread copies until it has caught up, and then the next
-    transaction first copies what was written meanwhile (often nothing) on the store's own
-    connection."""
+    with every page of it copied. So the thread copies until what was written meanwhile is a few
+    pages, and the next transaction copies those on the store's own connection first."""
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
-        self._path = path
+        # opened here, so that a connection that cannot be made fails the store's opening
+        self._own = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._own.execute("PRAGMA synchronous=FULL")  # the database file is on disk before the log restarts
         self._changes_then = db.total_changes  # rows written as of the latest request
         self._wanted = threading.Event()
         self._passed = threading.Event()  # a pass finished; the writer copies the rest
@@ -840,36 +846,35 @@ class _Checkpoints:
             return
         self._changes_then = self._db.total_changes
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as error:  # the commit stands; the next request tries again
+                log.warning("cannot start the ledger's checkpoint thread: %s", error)
+                return
+            self._thread = thread
         self._wanted.set()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA synchronous=FULL")  # the database file is on disk before the log restarts
-            while True:
-                self._wanted.wait()
-                self._wanted.clear()
-                if self._closing:
-                    return
-                with self._passing:
-                    try:
-                        self._catch_up(db)
-                    except sqlite3.Error as error:
-                        log.warning("checkpointing the ledger's log failed: %s", error)
-                        continue
-                    self._passed.set()
-        finally:
-            db.close()
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._closing:
+                return
+            with self._passing:
+                try:
+                    self._catch_up()
+                except sqlite3.Error as error:
+                    log.warning("checkpointing the ledger's log failed: %s", error)
+                    continue
+                self._passed.set()
 
-    @staticmethod
-    def _catch_up(db: sqlite3.Connection) -> None:
-        """Copy the log, then what was written to it meanwhile, until a pass finds no more."""
-        length = -1
+    def _catch_up(self) -> None:
+        """Copy the log, then what was written to it meanwhile, until that is a few pages."""
+        length = 0
         for _ in range(CATCH_UP_PASSES):
-            _, now, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if now == length:
+            _, now, _ = self._own.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if now - length < CAUGHT_UP_PAGES:
                 return
             length = now
 
@@ -878,6 +883,7 @@ class _Checkpoints:
             self._closing = True
             self._wanted.set()
             self._thread.join()
+        self._own.close()
 
 
 class _Transaction:
