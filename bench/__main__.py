@@ -15,7 +15,9 @@ credits its miners durably before the caller hears of it, and a settlement runs 
 `SETTLEMENT_WINDOW_S`, so each latency point spans settlements. A point lasts `POINT_S`, so that its
 p99.9 is the 10th (at 500 jobs/s) or 20th (at 1,000) slowest answer rather than the slowest. Around
 each point the benchmark reads /metrics, whose scrape clears the largest event-loop lag: what it
-reads after the point is the largest lag during it.
+reads after the point is the largest lag during it. Each point also reports the share of a core
+each server's process spent: a point that keeps krewe's near 100 % is at its ceiling on the
+machine as it is then, and its jobs wait in line for the one core.
 """
 
 import argparse
@@ -157,9 +159,11 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
         measured["baseline"]["closed"] = load_on(baseline, bare, "--closed", clients, "--seconds", seconds)
         for rate in rates:
             before = scrape(krewe)
-            point = load(krewe, "--rate", str(rate), "--seconds", point_s)
+            point = load_on(krewe_process, krewe, "--rate", str(rate), "--seconds", point_s)
             measured["krewe"]["open"].append(point | {"loop": loop_during(before, scrape(krewe))})
-            measured["baseline"]["open"].append(load(bare, "--rate", str(rate), "--seconds", point_s))
+            measured["baseline"]["open"].append(
+                load_on(baseline, bare, "--rate", str(rate), "--seconds", point_s)
+            )
     latency = []
     for ours, theirs in zip(measured["krewe"]["open"], measured["baseline"]["open"], strict=True):
         latency.append(
@@ -178,6 +182,8 @@ def throughput_and_latency(quick: bool, workdir: Path) -> dict[str, Any]:
                 "added_p50_ms": _minus(ours["p50_ms"], theirs["p50_ms"]),
                 "added_p99_ms": _minus(ours["p99_ms"], theirs["p99_ms"]),
                 "added_p999_ms": _minus(ours["p999_ms"], theirs["p999_ms"]),
+                "cpu_pct": _core_share(ours),
+                "baseline_cpu_pct": _core_share(theirs),
                 **{f"loop_{name}": value for name, value in ours["loop"].items()},
             }
         )
@@ -294,6 +300,13 @@ def loop_during(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         ),
         "gc_full_passes": int(grew('krewe_gc_passes_total{generation="2"}')),
     }
+
+
+def _core_share(point: dict[str, Any]) -> float | None:
+    """The server's CPU during an open-loop point, in % of one core: near 100, jobs queue for it."""
+    if point["cpu_ms_per_job"] is None:
+        return None
+    return round(point["cpu_ms_per_job"] * point["jobs_per_s"] / 10, 1)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -417,6 +430,9 @@ def throughput_rows(rows: Table, report: dict[str, Any]) -> None:
             "  added p99 / p99.9 ms",
             f"{row['added_p99_ms']} / {row['added_p999_ms']}",
             f"≤ {TARGETS['added_p99_ms']:g} / ≤ {TARGETS['added_p999_ms']:g}" if target else "",
+        )
+        rows.add_row(
+            "  server CPU, % of a core: krewe / baseline", f"{row['cpu_pct']} / {row['baseline_cpu_pct']}", ""
         )
         rows.add_row(
             f"  max loop lag ms (settlements during: {row['loop_settlements']})",

@@ -34,7 +34,10 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
             "added_p999_ms",
             "loop_lag_max_ms",
             "loop_settlements",
+            "cpu_pct",
+            "baseline_cpu_pct",
         } <= set(row)
+        assert row["cpu_pct"] > 0 and row["baseline_cpu_pct"] > 0
     assert report["loop_lag"]["samples"] > 0 and report["loop_lag"]["max_ms"] >= 0
     assert {"idle_miners", "rss_bytes_per_conn", "heartbeat_cpu_pct"} <= set(report["connections"])
     assert {"first_credit", "repeat_credit", "max_recipients_per_tx"} <= set(report["gas"])
