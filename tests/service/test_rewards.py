@@ -50,11 +50,14 @@ async def test_the_caller_is_told_only_of_winners_already_credited_not_of_a_stra
     hurried: list[bool] = []
     gates = [asyncio.Event(), asyncio.Event()]
 
-    async def held(credits: Sequence[Credit], *, hurry: bool = True) -> list[bool]:
+    async def write(credits: Sequence[Credit], hurry: bool) -> list[bool]:
         await asyncio.wait_for(gates[min(len(written), 1)].wait(), timeout=10)  # bounded
         written.append([credit.worker for credit in credits])
         hurried.append(hurry)
         return await real_credit_many(credits, hurry=hurry)
+
+    def held(credits: Sequence[Credit], *, hurry: bool = True) -> "asyncio.Future[list[bool]]":
+        return asyncio.ensure_future(write(credits, hurry))
 
     service.credit_many = held  # type: ignore[method-assign]
     job = {"model": "test-model", "task": "chat", "input": {"messages": CHAT["messages"]}}

@@ -166,7 +166,7 @@ def test_changes_for_unknown_workers_are_ignored() -> None:
 
 
 class _NoChannel:
-    async def send(self, frame: str) -> bool:
+    def send(self, frame: str) -> bool:
         return False
 
     async def close(self, close_code: int, code: str, message: str) -> None:

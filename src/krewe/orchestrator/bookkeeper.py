@@ -59,21 +59,23 @@ class LedgerService:
             return call()
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
-    async def credit_many(self, credits: Sequence[Credit], *, hurry: bool = True) -> list[bool]:
-        """Durably credit; True for each credit that is new. Credits handed over together share one
-        commit. A credit nobody waits for (`hurry=False`: a straggler's, whose job has answered its
-        caller) waits up to UNHURRIED_WAIT_S for another credit's commit to share, or for one in
-        progress: at 500 jobs/s, with 2 of 3 replicas deciding, that halves the commits."""
-        if not credits:
-            return []
+    def credit_many(self, credits: Sequence[Credit], *, hurry: bool = True) -> "asyncio.Future[list[bool]]":
+        """Durably credit; the future is True for each credit that is new, once they are durable.
+        Credits handed over together share one commit. A credit nobody waits for (`hurry=False`: a
+        straggler's, whose job has answered its caller) waits up to UNHURRIED_WAIT_S for another
+        credit's commit to share, or for one in progress: at 500 jobs/s, with 2 of 3 replicas
+        deciding, that halves the commits."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[bool]] = loop.create_future()
+        if not credits:
+            future.set_result([])
+            return future
         self._queue.append((list(credits), future))
         if hurry:
             self._start_flush()
         elif self._timer is None and not self._flush_running:
             self._timer = loop.call_later(UNHURRIED_WAIT_S, self._start_flush)
-        return await future
+        return future
 
     @property
     def _flush_running(self) -> bool:

@@ -72,6 +72,9 @@ HEARTBEAT_TICK_S = 0.5  # the shortest pause between two passes of the heartbeat
 ENDED_BEFORE_SWEEP = 64  # ended sessions the ping queue may hold before it is swept of them
 REGISTRY_BATCH = 500  # sessions re-checked per registry read
 _PING = b"\x89\x00"  # a ping frame: FIN + the ping opcode, no payload, unmasked as a server's are
+_TEXT_FINAL = 0x81  # a text frame's first byte: FIN + the text opcode
+_EXTENDED_16, _EXTENDED_64 = 126, 127  # the 7-bit lengths that announce a 16- or 64-bit length
+UNREAD_FRAMES = 4  # a miner may leave this many of the largest frames unread before it is dropped
 MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, released at a socket's end
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
@@ -104,31 +107,59 @@ class Presence(Protocol):
 
 
 class _Socket:
-    """A session's channel: the WebSocket it was logged in on."""
+    """A session's channel: the WebSocket it was logged in on.
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+    Frames are written to the connection as they are sent, each a text frame built here (unmasked
+    and uncompressed, as RFC 6455 and 7692 allow a server's): aiohttp's `send_str` would take two
+    coroutines per frame and may wait, and the router writes six frames per job. Nothing waits for
+    a slow reader: a miner whose unread frames pass `max_unread` bytes is disconnected."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, max_unread: int
+    ) -> None:
         self.ws = ws
         self._transport = cast(asyncio.Transport | None, transport)
+        self._max_unread = max_unread
+
+    def _open_transport(self) -> asyncio.Transport | None:
+        transport = self._transport
+        if self.ws.closed or transport is None or transport.is_closing():
+            return None
+        return transport
 
     def ping(self) -> None:
         """A heartbeat's ping, written to the connection as it is: every few seconds for each of
         thousands of sessions, aiohttp's ping would build the same two bytes through two coroutines."""
-        transport = self._transport
-        if not self.ws.closed and transport is not None and not transport.is_closing():
+        transport = self._open_transport()
+        if transport is not None:
             transport.write(_PING)
 
-    async def send(self, frame: str) -> bool:
-        if self.ws.closed:
+    def send(self, frame: str) -> bool:
+        transport = self._open_transport()
+        if transport is None:
             return False
-        try:
-            await self.ws.send_str(frame)
-        except (ConnectionError, RuntimeError):
+        payload = frame.encode()
+        transport.write(text_frame_header(len(payload)) + payload)
+        unread = transport.get_write_buffer_size()
+        if unread > self._max_unread:
+            peer = transport.get_extra_info("peername")
+            log.info("disconnecting the miner at %s: %d bytes of frames wait unread", peer, unread)
+            transport.abort()
             return False
         return True
 
     async def close(self, close_code: int, code: str, message: str) -> None:
-        await self.send(encode(Error(code, message)))
+        self.send(encode(Error(code, message)))
         await self.ws.close(code=close_code, message=code.encode())
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of a final, unmasked text frame of `length` bytes (RFC 6455 §5.2)."""
+    if length < _EXTENDED_16:
+        return bytes((_TEXT_FINAL, length))
+    if length < 1 << 16:
+        return bytes((_TEXT_FINAL, _EXTENDED_16)) + length.to_bytes(2, "big")
+    return bytes((_TEXT_FINAL, _EXTENDED_64)) + length.to_bytes(8, "big")
 
 
 def _release_errors(error: BaseException | None) -> None:
@@ -190,6 +221,8 @@ class WorkerEndpoint:
         # when each session is next pinged, in that order (every session waits the same interval)
         self._ping_due: collections.deque[tuple[float, Session]] = collections.deque()
         self._ended = 0  # sessions ended since `_ping_due` last dropped its ended ones
+        # the largest frame either way: a job's carries a request body, a miner's result a frame
+        self._max_unread = UNREAD_FRAMES * max(settings.max_frame_bytes, settings.max_body_bytes)
         self.accepting = True
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -205,15 +238,16 @@ class WorkerEndpoint:
             await ws.close(code=CloseCode.GOING_AWAY, message=b"shutting down")
             return ws
         self._connections.add(ws)
+        socket = _Socket(ws, request.transport, self._max_unread)
         try:
-            session = await self._login(_Socket(ws, request.transport))
+            session = await self._login(socket)
             if session is not None:
                 take_pongs(request, functools.partial(self._heard, session))
                 await self._serve(session, ws)
         except _RefusedError as refusal:
             self._metrics.logins.labels(refusal.code).inc()
             if not ws.closed:
-                await _Socket(ws, request.transport).close(refusal.close_code, refusal.code, refusal.message)
+                await socket.close(refusal.close_code, refusal.code, refusal.message)
         except Exception:
             log.exception("closing a miner connection with 1011 after an unexpected error")
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
@@ -239,7 +273,7 @@ class WorkerEndpoint:
     async def _login(self, socket: _Socket) -> Session | None:
         """Challenge, verify, welcome. None if the miner hung up; raises _RefusedError to refuse."""
         challenge = self._challenge()
-        await socket.send(encode(Challenge.issue(challenge)))
+        socket.send(encode(Challenge.issue(challenge)))
         auth = await self._receive_auth(socket.ws)
         if auth is None:
             return None
@@ -272,7 +306,7 @@ class WorkerEndpoint:
         previous = self._pool.add(session)
         # from here the router may send the session jobs: the welcome goes first, with no await
         # before it, since a miner takes no job before its welcome
-        await socket.send(welcome)
+        socket.send(welcome)
         self._ping_due.append((now + self.settings.heartbeat_s, session))
         self._metrics.miners.set(self._pool.connected_here)
         if previous is not None:
@@ -329,7 +363,9 @@ class WorkerEndpoint:
             async for frame in ws:
                 session.last_seen = self._clock()
                 if frame.type is WSMsgType.TEXT:
-                    await self._dispatch(session, frame.data.encode())
+                    violation = self._dispatch(session, frame.data.encode())
+                    if violation is not None:
+                        await self.violation(session, violation)
                 elif frame.type is WSMsgType.PING:
                     await ws.pong(frame.data)
                 elif frame.type is WSMsgType.BINARY:
@@ -359,28 +395,24 @@ class WorkerEndpoint:
             due.extend(live)
             self._ended = 0
 
-    async def _dispatch(self, session: Session, frame: bytes) -> None:
+    def _dispatch(self, session: Session, frame: bytes) -> str | None:
+        """Hand a miner's frame on; returns a protocol violation to hold against it, or None."""
         try:
             message = decode_miner_message(frame)
         except MessageError as error:
             if error.job_id is None:
-                await self.violation(session, str(error))
-            else:  # a result whose output is not JSON: an invalid answer to that job
-                await self._violation_if(session, self._events.on_invalid(session, error.job_id))
-            return
+                return str(error)
+            return self._events.on_invalid(session, error.job_id)  # a result whose output is not JSON
         match message:
             case Result():
-                await self._violation_if(session, self._events.on_result(session, message))
+                return self._events.on_result(session, message)
             case Reject():
-                await self._violation_if(session, self._events.on_reject(session, message))
+                return self._events.on_reject(session, message)
             case Status(models, max_concurrency):
                 self._pool.update_offers(session, models, max_concurrency)
             case Auth():
-                await self.violation(session, "already logged in")
-
-    async def _violation_if(self, session: Session, reason: str | None) -> None:
-        if reason is not None:
-            await self.violation(session, reason)
+                return "already logged in"
+        return None
 
     async def violation(self, session: Session, reason: str) -> None:
         """Count a protocol violation; tell the miner, and close the session at the limit."""
@@ -391,7 +423,7 @@ class WorkerEndpoint:
             log.info("closing miner %s: %s", session.address, untrusted(message))
             await session.channel.close(CloseCode.TOO_MANY_VIOLATIONS, ErrorCode.TOO_MANY_VIOLATIONS, message)
         else:
-            await session.channel.send(encode(Error(ErrorCode.BAD_MESSAGE, reason)))
+            session.channel.send(encode(Error(ErrorCode.BAD_MESSAGE, reason)))
 
     async def heartbeat(self) -> None:
         """Ping each session heartbeat_s after it logged in and every heartbeat_s after; close one

@@ -31,6 +31,7 @@ about a job another instance sent goes back there; everything else goes to the r
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -169,12 +170,13 @@ class _RelayChannel:
     def _envelope(self, kind: EnvelopeKind, **fields: Any) -> Envelope:
         return Envelope(kind, self._network.instance, self._address, self._session_id, **fields)
 
-    async def send(self, frame: str) -> bool:
-        return await self._network.relay(self._instance, self._envelope("frame"), frame.encode())
+    def send(self, frame: str) -> bool:
+        self._network.relay_in_order(self._instance, self._envelope("frame"), frame.encode())
+        return True
 
     async def close(self, close_code: int, code: str, message: str) -> None:
         envelope = self._envelope("close", close_code=close_code, code=code, reason=message)
-        await self._network.relay(self._instance, envelope)
+        self._network.relay_in_order(self._instance, envelope)
 
 
 class SessionNetwork:
@@ -217,6 +219,8 @@ class SessionNetwork:
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # relays and closes under way
+        self._outbox: collections.deque[tuple[str, Envelope, bytes]] = collections.deque()  # in order
+        self._sending = False  # a task is publishing the outbox
         self._violation: Callable[[Session, str], Awaitable[None]] | None = None
 
     @property
@@ -488,6 +492,23 @@ class SessionNetwork:
             return False
         return receivers > 0
 
+    def relay_in_order(self, instance: str, envelope: Envelope, payload: bytes = b"") -> None:
+        """Publish to `instance` after everything relayed in order before (one task publishes them
+        one at a time). When `instance` does not hear it, the remote session it was for is gone."""
+        self._outbox.append((instance, envelope, payload))
+        if not self._sending:
+            self._sending = True
+            self._spawn(self._send_outbox())
+
+    async def _send_outbox(self) -> None:
+        try:
+            while self._outbox:
+                instance, envelope, payload = self._outbox.popleft()
+                if not await self.relay(instance, envelope, payload):
+                    self._drop_remote(instance, envelope.address, envelope.session)
+        finally:
+            self._sending = False
+
     def _answer(
         self,
         origin: str,
@@ -587,7 +608,7 @@ class SessionNetwork:
                 self._relayed[(job_id, session.address)] = _Relayed(envelope.origin, session, expiry)
             case Cancel(job_id=job_id) | Verdict(job_id=job_id):
                 self._forget(job_id, session.address)
-        if not await session.channel.send(payload.decode()):
+        if not session.channel.send(payload.decode()):
             await self.relay(envelope.origin, Envelope("gone", self.instance, session.address, session.id))
 
     def _forget(self, job_id: str, address: str) -> None:

@@ -29,8 +29,9 @@ __all__ = ["Channel", "Session", "SessionPool"]
 
 
 class Channel(Protocol):
-    async def send(self, frame: str) -> bool:
-        """Send one text frame; False if the connection is already gone."""
+    def send(self, frame: str) -> bool:
+        """Send one text frame now, after those sent before it, without waiting; False if the
+        connection is already gone (or goes for this frame)."""
         ...
 
     async def close(self, close_code: int, code: str, message: str) -> None:

@@ -5,11 +5,12 @@
 
 The decisions are all in `jobs.py`; this loop only feeds a job its events and does what comes
 back: send frames, pick replicas for a redispatch, answer the caller, credit the ledger, score,
-write the record. Commands that need no waiting run at once, in order; those that do (frames, the
-ledger) join the job's queue of I/O, which one task at a time works through in order (a task is
-started only when the job has none running, so a straggler's verdict usually rides on the task
-that is still writing the winners' credit). Whatever follows a credit in that order waits for it:
-neither the caller nor a miner hears of a credit before it is durable.
+write the record. Commands run at once, in order, but for those behind a credit: frames and the
+caller's answer join the job's queue of I/O, which is worked through in order, and a credit holds
+the queue until the ledger says it is durable (a callback on its future, not a task per job). So
+neither the caller nor a miner hears of a credit before it is durable, and a straggler's verdict
+usually waits in the queue behind the winners' credit. Frames never wait: a session's channel
+writes them at once (`pool.Channel`).
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
 be written the router refuses new jobs (`503 ledger_unavailable`).
@@ -17,11 +18,12 @@ be written the router refuses new jobs (`503 ledger_unavailable`).
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -46,6 +48,7 @@ __all__ = ["Decision", "JobError", "JobRouter"]
 
 log = logging.getLogger(__name__)
 
+CREDIT_RETRY_FIRST_S = 0.05
 CREDIT_RETRY_MAX_S = 5.0
 
 
@@ -89,7 +92,8 @@ class _Running:
     sessions: dict[str, Session] = field(default_factory=dict)  # the session each worker was sent
     timer: asyncio.TimerHandle | None = None
     io: collections.deque[Command] = field(default_factory=collections.deque)  # to do, in order
-    doing_io: bool = False  # a task is working through `io`
+    doing_io: bool = False  # `io` is being worked through, or waits for a credit to be written
+    credit_retry_s: float = 0.0  # the backoff before the next try of a credit that failed; 0: none failed
     # an output's bytes, parsed and digested once: honest replicas send the very same bytes
     digests: dict[bytes, tuple[Any, str]] = field(default_factory=dict)
 
@@ -121,7 +125,8 @@ class JobRouter:
         self._wall_clock = wall_clock
         self._running: dict[str, _Running] = {}
         self._ids = JobIds()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writing: set[_Running] = set()  # jobs whose I/O waits for a credit to be written
+        self._written: list[asyncio.Future[None]] = []  # `drain`s waiting for `_writing` to empty
         self._unwritable_credits = 0  # credits waiting for the ledger to accept them again
 
     @property
@@ -174,7 +179,8 @@ class JobRouter:
             self._on_first_job()
         running.timer = loop.call_later(timeout_ms / 1000, self._deadline, running)
         self._carry_out(running, job.start(now))
-        answer = await asyncio.shield(running.caller)
+        # the job runs on whatever becomes of this request: a cancelled wait cancels only this future
+        answer = await running.caller
         self._metrics.job_latency.observe(self._clock() - job.started)
         decision = Decision(answer.verdict, answer.output, answer.record)
         if answer.verdict.outcome is Outcome.AGREED:
@@ -319,7 +325,7 @@ class JobRouter:
             running.io += io
             if not running.doing_io:
                 running.doing_io = True
-                self._spawn(self._do_io(running))
+                self._work_through_io(running)
         return violation
 
     def _assign(self, running: _Running, workers: tuple[str, ...]) -> list[Command]:
@@ -341,61 +347,67 @@ class JobRouter:
         )
         return job.replicas_granted(fresh.workers, self._clock())
 
-    async def _do_io(self, running: _Running) -> None:
+    def _work_through_io(self, running: _Running) -> None:
+        """Carry out the job's queued I/O in order, until it is done or waits for a credit."""
         job = running.job
-        try:
-            while running.io:
-                command = running.io.popleft()
-                match command:
-                    case jobs.SendJob(workers, deadline_ms):
-                        task = cast("messages.Task", job.task)
-                        frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
-                        for worker in workers:
-                            await self._send_job(running, worker, frame)
-                    case jobs.SendCancel(workers):
-                        frame = messages.encode(messages.Cancel(job.id))
-                        for worker in workers:
-                            session = running.sessions.get(worker)
-                            if session is not None:
-                                await session.channel.send(frame)
-                    case jobs.SendVerdict(worker, agreed, credit):
+        while running.io:
+            command = running.io.popleft()
+            match command:
+                case jobs.SendJob(workers, deadline_ms):
+                    task = cast("messages.Task", job.task)
+                    frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
+                    for worker in workers:
+                        session = running.sessions.get(worker)
+                        if session is not None and not session.channel.send(frame):
+                            self._carry_out(running, job.session_gone(worker, "disconnected"))
+                case jobs.SendCancel(workers):
+                    frame = messages.encode(messages.Cancel(job.id))
+                    for worker in workers:
                         session = running.sessions.get(worker)
                         if session is not None:
-                            await session.channel.send(
-                                messages.encode(messages.Verdict(job.id, agreed, str(credit)))
-                            )
-                    case jobs.Credit(amounts):
-                        credits = [Credit(job.id, worker, amount) for worker, amount in amounts]
-                        await self._credit(credits, hurry=not running.caller.done())
-                    case jobs.AnswerCaller():
-                        if not running.caller.done():
-                            running.caller.set_result(command)
-        finally:
-            running.doing_io = False
+                            session.channel.send(frame)
+                case jobs.SendVerdict(worker, agreed, credit):
+                    session = running.sessions.get(worker)
+                    if session is not None:
+                        session.channel.send(messages.encode(messages.Verdict(job.id, agreed, str(credit))))
+                case jobs.Credit(amounts):
+                    self._writing.add(running)
+                    self._credit(running, [Credit(job.id, worker, amount) for worker, amount in amounts])
+                    return
+                case jobs.AnswerCaller():
+                    if not running.caller.done():
+                        running.caller.set_result(command)
+        running.doing_io = False
+        self._writing.discard(running)
+        if not self._writing:
+            for waiter in self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._written.clear()
 
-    async def _send_job(self, running: _Running, worker: str, frame: str) -> None:
-        session = running.sessions.get(worker)
-        # one send after another: a send rarely waits (only when the socket's buffer is full)
-        if session is not None and not await session.channel.send(frame):
-            self._carry_out(running, running.job.session_gone(worker, "disconnected"))
+    def _credit(self, running: _Running, credits: list[Credit]) -> None:
+        """Credit durably, then go on with the job's I/O. A write that fails is tried again with
+        backoff for as long as it takes: a credit is never dropped. A credit nobody waits for (the
+        caller has its answer: a straggler's) may wait to share another commit."""
+        written = self._ledger.credit_many(credits, hurry=not running.caller.done())
+        written.add_done_callback(functools.partial(self._credited, running, credits))
 
-    async def _credit(self, credits: list[Credit], *, hurry: bool) -> None:
-        """Credit durably, retrying with backoff for as long as it takes: a credit is never dropped.
-        `hurry`: the caller waits for it (a straggler's credit may wait to share a commit)."""
-        delay = 0.05
-        while True:
-            try:
-                await self._ledger.credit_many(credits, hurry=hurry)
-            except Exception as error:
-                if delay == 0.05:
-                    self._unwritable_credits += 1
-                log.error("crediting job %s failed (%s); retrying in %.2f s", credits[0].job_id, error, delay)
-                await asyncio.sleep(delay)  # backoff before the next try, not synchronisation
-                delay = min(delay * 2, CREDIT_RETRY_MAX_S)
-                continue
-            if delay > 0.05:
+    def _credited(
+        self, running: _Running, credits: list[Credit], written: "asyncio.Future[list[bool]]"
+    ) -> None:
+        error = asyncio.CancelledError() if written.cancelled() else written.exception()
+        if error is None:
+            if running.credit_retry_s:
+                running.credit_retry_s = 0.0
                 self._unwritable_credits -= 1
+            self._work_through_io(running)
             return
+        delay = running.credit_retry_s or CREDIT_RETRY_FIRST_S
+        if not running.credit_retry_s:
+            self._unwritable_credits += 1
+        running.credit_retry_s = min(delay * 2, CREDIT_RETRY_MAX_S)
+        log.error("crediting job %s failed (%s); retrying in %.2f s", credits[0].job_id, error, delay)
+        asyncio.get_running_loop().call_later(delay, self._credit, running, credits)
 
     def _score(self, outcomes: tuple[tuple[str, Any, float | None], ...]) -> None:
         for worker, outcome, latency_ms in outcomes:
@@ -417,11 +429,6 @@ class JobRouter:
         self._metrics.count_engine_verdict(job.engine, verdict)
         self._records.put(job.record())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     @property
     def jobs(self) -> int:
         """Jobs open now."""
@@ -430,12 +437,14 @@ class JobRouter:
     @property
     def idle(self) -> bool:
         """No job open and no job's frames or credits still being sent or written."""
-        return not self._running and not self._tasks
+        return not self._running and not self._writing
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for open jobs to close, then for every credit to be written."""
         closing = [running.closed for running in self._running.values()]
         if closing:
             await asyncio.wait(closing, timeout=timeout_s)
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        if self._writing:
+            written = asyncio.get_running_loop().create_future()
+            self._written.append(written)
+            await written

@@ -13,7 +13,7 @@ latency grows past `latency_ref_ms`. A worker with no latency sample yet is not 
 Pure: no clock, no I/O; the caller passes the measured latency.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 __all__ = ["JobOutcome", "PeerScore", "ScoringConfig", "update_score"]
@@ -82,4 +82,4 @@ def update_score(
         if latency_ms < 0:
             raise ValueError(f"latency cannot be negative: {latency_ms}")
         latency = latency_ms if latency is None else latency + config.latency_alpha * (latency_ms - latency)
-    return replace(score, quality=quality, latency_ms=latency, jobs=score.jobs + 1)
+    return PeerScore(quality, latency, score.jobs + 1)
