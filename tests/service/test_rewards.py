@@ -196,3 +196,28 @@ async def test_shutdown_waits_for_every_credit_before_closing_the_ledger(make_ha
         assert totals.credited == 2 * reward == totals.paid + totals.pending + totals.in_flight
     finally:
         ledger.close()
+
+
+async def test_a_send_that_fails_unexpectedly_loses_no_credit_and_the_router_still_drains(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    miners = await harness.connected("honest", "honest", "honest")
+    broken = harness.orchestrator.pool.sessions[miners[0].address].channel
+    real_send = broken.send
+
+    def send(frame: str) -> bool:
+        if '"type":"verdict"' in frame:
+            raise RuntimeError("a send that fails in a way nobody foresaw")
+        return real_send(frame)
+
+    broken.send = send  # type: ignore[method-assign]
+    status, body = await post(harness, "/v1/chat/completions", CHAT)
+    assert status == 200 and body["krewe"]["creditable"] is True
+    router = harness.orchestrator.router
+    await until(lambda: router.idle, what="every job closed and every credit written")
+    await asyncio.wait_for(router.drain(timeout_s=5), timeout=10)  # bounded: nothing left waits
+    reward = harness.orchestrator.settings.reward_for("test-model")
+    assert await harness.orchestrator.ledger.pending() == {miner.address: reward for miner in miners}
+    assert "SendVerdict failed" in caplog.text and "a send that fails" in caplog.text
+    for miner in miners[1:]:  # the verdicts behind the failed one still went out
+        await until(lambda m=miner: len(m.messages("verdict")) == 1, what="the other verdicts")

@@ -45,13 +45,13 @@ async def test_a_frame_is_the_bytes_aiohttps_writer_makes(length: int) -> None:
     assert text_frame_header(length) + payload == bytes(theirs.written)
 
     ours = _Transport()
-    assert _Socket(web.WebSocketResponse(), ours, max_unread=1 << 20).send(payload.decode())
+    assert _Socket(web.WebSocketResponse(), ours, largest_frame=1 << 20).send(payload.decode())
     assert bytes(ours.written) == bytes(theirs.written)
 
 
 async def test_a_miner_that_leaves_too_much_unread_is_disconnected() -> None:
     transport = _Transport()
-    socket = _Socket(web.WebSocketResponse(), transport, max_unread=1000)
+    socket = _Socket(web.WebSocketResponse(), transport, largest_frame=250)  # 4 frames: 1,000 bytes
     assert socket.send("x" * 400) and socket.send("x" * 400)  # 808 bytes wait: within the limit
     assert not transport.aborted
     assert not socket.send("x" * 400)  # 1,212 bytes would wait
@@ -60,5 +60,15 @@ async def test_a_miner_that_leaves_too_much_unread_is_disconnected() -> None:
     assert len(transport.written) == 1212
 
 
+async def test_a_miner_may_leave_a_frame_unread_per_job_it_takes_at_once() -> None:
+    transport = _Transport()
+    socket = _Socket(web.WebSocketResponse(), transport, largest_frame=250)
+    socket.capacity = 2  # 6 frames: 1,500 bytes
+    assert all(socket.send("x" * 400) for _ in range(3))  # 1,212 bytes
+    assert not transport.aborted
+    assert not socket.send("x" * 400)  # 1,616 bytes
+    assert transport.aborted
+
+
 async def test_nothing_is_written_to_a_closed_connection() -> None:
-    assert not _Socket(web.WebSocketResponse(), None, max_unread=1000).send("{}")
+    assert not _Socket(web.WebSocketResponse(), None, largest_frame=250).send("{}")

@@ -74,7 +74,7 @@ REGISTRY_BATCH = 500  # sessions re-checked per registry read
 _PING = b"\x89\x00"  # a ping frame: FIN + the ping opcode, no payload, unmasked as a server's are
 _TEXT_FINAL = 0x81  # a text frame's first byte: FIN + the text opcode
 _EXTENDED_16, _EXTENDED_64 = 126, 127  # the 7-bit lengths that announce a 16- or 64-bit length
-UNREAD_FRAMES = 4  # a miner may leave this many of the largest frames unread before it is dropped
+UNREAD_FRAMES = 4  # frames a miner may leave unread beyond one per job it takes at once
 MAX_ERROR_CHAIN = 8  # errors, each the cause or context of the one before, released at a socket's end
 
 WEBSOCKET_VERSION = "13"  # RFC 6455; aiohttp also takes the drafts 7 and 8
@@ -112,14 +112,16 @@ class _Socket:
     Frames are written to the connection as they are sent, each a text frame built here (unmasked
     and uncompressed, as RFC 6455 and 7692 allow a server's): aiohttp's `send_str` would take two
     coroutines per frame and may wait, and the router writes six frames per job. Nothing waits for
-    a slow reader: a miner whose unread frames pass `max_unread` bytes is disconnected."""
+    a slow reader: a miner may leave unread one frame per job it takes at once (`capacity`) and
+    UNREAD_FRAMES more, each counted as the largest frame; past that it is disconnected."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, max_unread: int
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, largest_frame: int
     ) -> None:
         self.ws = ws
         self._transport = cast(asyncio.Transport | None, transport)
-        self._max_unread = max_unread
+        self._largest_frame = largest_frame
+        self.capacity = 0  # the miner's max_concurrency, once it has logged in
 
     def _open_transport(self) -> asyncio.Transport | None:
         transport = self._transport
@@ -141,7 +143,7 @@ class _Socket:
         payload = frame.encode()
         transport.write(text_frame_header(len(payload)) + payload)
         unread = transport.get_write_buffer_size()
-        if unread > self._max_unread:
+        if unread > (self.capacity + UNREAD_FRAMES) * self._largest_frame:
             peer = transport.get_extra_info("peername")
             log.info("disconnecting the miner at %s: %d bytes of frames wait unread", peer, unread)
             transport.abort()
@@ -222,7 +224,7 @@ class WorkerEndpoint:
         self._ping_due: collections.deque[tuple[float, Session]] = collections.deque()
         self._ended = 0  # sessions ended since `_ping_due` last dropped its ended ones
         # the largest frame either way: a job's carries a request body, a miner's result a frame
-        self._max_unread = UNREAD_FRAMES * max(settings.max_frame_bytes, settings.max_body_bytes)
+        self._largest_frame = max(settings.max_frame_bytes, settings.max_body_bytes)
         self.accepting = True
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -238,7 +240,7 @@ class WorkerEndpoint:
             await ws.close(code=CloseCode.GOING_AWAY, message=b"shutting down")
             return ws
         self._connections.add(ws)
-        socket = _Socket(ws, request.transport, self._max_unread)
+        socket = _Socket(ws, request.transport, self._largest_frame)
         try:
             session = await self._login(socket)
             if session is not None:
@@ -303,6 +305,7 @@ class WorkerEndpoint:
         )
         heartbeat_s = max(1, math.ceil(self.settings.heartbeat_s))
         welcome = encode(Welcome(signer, session.id, heartbeat_s, self.settings.max_frame_bytes))
+        socket.capacity = auth.max_concurrency
         previous = self._pool.add(session)
         # from here the router may send the session jobs: the welcome goes first, with no await
         # before it, since a miner takes no job before its welcome
@@ -410,6 +413,8 @@ class WorkerEndpoint:
                 return self._events.on_reject(session, message)
             case Status(models, max_concurrency):
                 self._pool.update_offers(session, models, max_concurrency)
+                if isinstance(session.channel, _Socket):
+                    session.channel.capacity = max_concurrency
             case Auth():
                 return "already logged in"
         return None

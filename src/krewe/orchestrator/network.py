@@ -493,8 +493,10 @@ class SessionNetwork:
         return receivers > 0
 
     def relay_in_order(self, instance: str, envelope: Envelope, payload: bytes = b"") -> None:
-        """Publish to `instance` after everything relayed in order before (one task publishes them
-        one at a time). When `instance` does not hear it, the remote session it was for is gone."""
+        """Publish to `instance` after everything relayed in order before: one task at a time
+        publishes what is queued, each pass in one pipeline. A frame that no instance hears (its
+        holder is gone) drops the remote session it was for; one that Redis failed to take is
+        lost, as pub/sub may lose any message, and the job's deadline covers it."""
         self._outbox.append((instance, envelope, payload))
         if not self._sending:
             self._sending = True
@@ -503,9 +505,19 @@ class SessionNetwork:
     async def _send_outbox(self) -> None:
         try:
             while self._outbox:
-                instance, envelope, payload = self._outbox.popleft()
-                if not await self.relay(instance, envelope, payload):
-                    self._drop_remote(instance, envelope.address, envelope.session)
+                queued = list(self._outbox)
+                self._outbox.clear()
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for instance, envelope, payload in queued:
+                            pipe.publish(_relay_channel(instance), pack(envelope, payload))
+                        receivers = await pipe.execute()
+                except RedisError as error:
+                    log.warning("relaying %d frames failed: %s", len(queued), error)
+                    continue
+                for (instance, envelope, _), heard in zip(queued, receivers, strict=True):
+                    if heard == 0:
+                        self._drop_remote(instance, envelope.address, envelope.session)
         finally:
             self._sending = False
 

@@ -10,7 +10,8 @@ caller's answer join the job's queue of I/O, which is worked through in order, a
 the queue until the ledger says it is durable (a callback on its future, not a task per job). So
 neither the caller nor a miner hears of a credit before it is durable, and a straggler's verdict
 usually waits in the queue behind the winners' credit. Frames never wait: a session's channel
-writes them at once (`pool.Channel`).
+writes them to the miner's socket at once, or, for a miner another instance holds, queues them in
+order for Redis (`pool.Channel`).
 
 A credit is never dropped: a write that fails is retried with backoff, and while the ledger cannot
 be written the router refuses new jobs (`503 ledger_unavailable`).
@@ -348,35 +349,15 @@ class JobRouter:
         return job.replicas_granted(fresh.workers, self._clock())
 
     def _work_through_io(self, running: _Running) -> None:
-        """Carry out the job's queued I/O in order, until it is done or waits for a credit."""
-        job = running.job
+        """Carry out the job's queued I/O in order, until it is done or waits for a credit. A
+        command that fails unexpectedly is logged and the rest still run: a credit behind it too."""
         while running.io:
             command = running.io.popleft()
-            match command:
-                case jobs.SendJob(workers, deadline_ms):
-                    task = cast("messages.Task", job.task)
-                    frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
-                    for worker in workers:
-                        session = running.sessions.get(worker)
-                        if session is not None and not session.channel.send(frame):
-                            self._carry_out(running, job.session_gone(worker, "disconnected"))
-                case jobs.SendCancel(workers):
-                    frame = messages.encode(messages.Cancel(job.id))
-                    for worker in workers:
-                        session = running.sessions.get(worker)
-                        if session is not None:
-                            session.channel.send(frame)
-                case jobs.SendVerdict(worker, agreed, credit):
-                    session = running.sessions.get(worker)
-                    if session is not None:
-                        session.channel.send(messages.encode(messages.Verdict(job.id, agreed, str(credit))))
-                case jobs.Credit(amounts):
-                    self._writing.add(running)
-                    self._credit(running, [Credit(job.id, worker, amount) for worker, amount in amounts])
+            try:
+                if self._do(running, command):
                     return
-                case jobs.AnswerCaller():
-                    if not running.caller.done():
-                        running.caller.set_result(command)
+            except Exception:
+                log.exception("job %s: %s failed", running.job.id, type(command).__name__)
         running.doing_io = False
         self._writing.discard(running)
         if not self._writing:
@@ -384,6 +365,36 @@ class JobRouter:
                 if not waiter.done():
                     waiter.set_result(None)
             self._written.clear()
+
+    def _do(self, running: _Running, command: Command) -> bool:
+        """Carry out one command of the job's I/O; True when it is a credit, now being written."""
+        job = running.job
+        match command:
+            case jobs.SendJob(workers, deadline_ms):
+                task = cast("messages.Task", job.task)
+                frame = messages.encode(messages.Job(job.id, job.model, task, job.input, deadline_ms))
+                for worker in workers:
+                    session = running.sessions.get(worker)
+                    if session is not None and not session.channel.send(frame):
+                        self._carry_out(running, job.session_gone(worker, "disconnected"))
+            case jobs.SendCancel(workers):
+                frame = messages.encode(messages.Cancel(job.id))
+                for worker in workers:
+                    session = running.sessions.get(worker)
+                    if session is not None:
+                        session.channel.send(frame)
+            case jobs.SendVerdict(worker, agreed, credit):
+                session = running.sessions.get(worker)
+                if session is not None:
+                    session.channel.send(messages.encode(messages.Verdict(job.id, agreed, str(credit))))
+            case jobs.Credit(amounts):
+                self._writing.add(running)
+                self._credit(running, [Credit(job.id, worker, amount) for worker, amount in amounts])
+                return True
+            case jobs.AnswerCaller():
+                if not running.caller.done():
+                    running.caller.set_result(command)
+        return False
 
     def _credit(self, running: _Running, credits: list[Credit]) -> None:
         """Credit durably, then go on with the job's I/O. A write that fails is tried again with
@@ -436,7 +447,8 @@ class JobRouter:
 
     @property
     def idle(self) -> bool:
-        """No job open and no job's frames or credits still being sent or written."""
+        """No job open and no job's credits still being written (frames for miners other instances
+        hold may still wait in the network's queue)."""
         return not self._running and not self._writing
 
     async def drain(self, timeout_s: float) -> None:
