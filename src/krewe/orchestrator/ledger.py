@@ -545,6 +545,9 @@ class SQLiteLedgerStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # the savepoint's journal in memory: as a file, a commit past 64 KiB of it made, wrote and
+        # deleted one, all on the event loop
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
         try:
             self._checkpoints = _Checkpoints(self._db, self.path)

@@ -54,17 +54,20 @@ CREDIT_RETRY_MAX_S = 5.0
 
 
 class JobIds:
-    """Unguessable job ids (96 random bits) without a system call per job."""
+    """Unguessable job ids without a system call per job: the millisecond the job was made (12 hex
+    digits), then 96 random bits. Ids made later sort later, so the stores that key their rows by
+    job id (the ledger's credits, the job records) add each row next to the last one: with random
+    ids, each job's credits landed on a page of their own, which every commit rewrote."""
 
     def __init__(self, per_refill: int = 4096) -> None:
         self._per_refill = per_refill
         self._pool: list[str] = []
 
-    def next(self) -> str:
+    def next(self, made: datetime) -> str:
         if not self._pool:
             entropy = secrets.token_bytes(12 * self._per_refill).hex()
             self._pool = [entropy[i : i + 24] for i in range(0, len(entropy), 24)]
-        return self._pool.pop()
+        return f"{int(made.timestamp() * 1000):012x}{self._pool.pop()}"
 
 
 class JobError(Exception):
@@ -154,9 +157,9 @@ class JobRouter:
         selection = self._pool.ranking.select(
             model, task, replicas, rng=self._rng, tail=min(settings.tail, replicas), engine=engine
         )
-        now = self._clock()
+        now, made = self._clock(), self._wall_clock()
         job = Job.create(
-            self._ids.next(),
+            self._ids.next(made),
             model,
             task,
             job_input,
@@ -170,7 +173,7 @@ class JobRouter:
                 min_agreeing=settings.min_credit_threshold or settings.threshold,
             ),
             now=now,
-            created_at=format_time(self._wall_clock()),
+            created_at=format_time(made),
             engine=engine,
         )
         loop = asyncio.get_running_loop()
